@@ -1,0 +1,3 @@
+"""mobilediff_export: MobileDiffusion models, from checkpoint to a phone-ready bundle."""
+
+__version__ = "0.1.0"
