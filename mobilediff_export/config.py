@@ -64,6 +64,10 @@ class UNetConfig:
     so the up path can consume the extra skip connection of the downsampler).
     ``transformer_depth[i] == 0`` means no attention at that level at all;
     ``self_attention[i] == False`` keeps the cross-attention but drops self-attention.
+    Level i's down path leaves ``layers_per_block[i] + 1`` skip connections (its input,
+    then each block's output); its up path consumes them most recent first, one per
+    residual block, leaving the earliest unused if it has fewer blocks. The mid block
+    uses the last level's ``num_heads`` and ``separable_conv``.
     """
 
     sample_size: int = 64
@@ -109,11 +113,20 @@ class UNetConfig:
             _check_levels("unet", n, up_layers_per_block=self.up_layers_per_block)
         if self.up_transformer_depth is not None:
             _check_levels("unet", n, up_transformer_depth=self.up_transformer_depth)
+        if self.norm_num_groups < 1 or min(self.num_heads) < 1:
+            raise ConfigError("unet.norm_num_groups and unet.num_heads must be at least 1")
+        if min(self.layers_per_block) < 1 or min(self.resolved_up_layers_per_block) < 1:
+            raise ConfigError(
+                "unet.layers_per_block and up_layers_per_block need at least one residual "
+                "block per level"
+            )
+        if min(self.transformer_depth) < 0 or min(self.resolved_up_transformer_depth) < 0:
+            raise ConfigError("unet transformer depths cannot be negative")
+        if self.mid_transformer_depth < 0:
+            raise ConfigError("unet.mid_transformer_depth cannot be negative")
         _check_choice("unet.ff_activation", self.ff_activation, ("gelu", "swish"))
-        _check_choice(
-            "unet.attention_activation", self.attention_activation, ("softmax", "relu")
-        )
-        for ch, heads in zip(self.block_out_channels, self.num_heads):
+        _check_choice("unet.attention_activation", self.attention_activation, ("softmax", "relu"))
+        for ch, heads in zip(self.block_out_channels, self.num_heads, strict=True):
             if ch % heads:
                 raise ConfigError(f"unet: {ch} channels are not divisible by {heads} heads")
         for ch in self.block_out_channels:
@@ -163,6 +176,11 @@ class VAEDecoderConfig:
     separable_conv: bool = False
 
     def __post_init__(self) -> None:
+        if not self.block_out_channels or self.layers_per_block < 0 or self.norm_num_groups < 1:
+            raise ConfigError(
+                "vae_decoder needs at least one level, layers_per_block >= 0 and "
+                "norm_num_groups >= 1"
+            )
         for ch in self.block_out_channels:
             if ch % self.norm_num_groups:
                 raise ConfigError(
@@ -200,15 +218,12 @@ class PipelineConfig:
     num_inference_steps: int = 8
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     steps_offset: int = 1
+    set_alpha_to_one: bool = False
     guidance_scale: float = 7.5
 
     def __post_init__(self) -> None:
-        _check_choice(
-            "pipeline.prediction_type", self.prediction_type, ("epsilon", "v_prediction")
-        )
-        _check_choice(
-            "pipeline.beta_schedule", self.beta_schedule, ("scaled_linear", "linear")
-        )
+        _check_choice("pipeline.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        _check_choice("pipeline.beta_schedule", self.beta_schedule, ("scaled_linear", "linear"))
         _check_choice("pipeline.sampler", self.sampler, ("ddim", "euler", "onestep"))
         _check_choice(
             "pipeline.timestep_spacing",
@@ -217,6 +232,13 @@ class PipelineConfig:
         )
         if self.num_inference_steps < 1:
             raise ConfigError("pipeline.num_inference_steps must be at least 1")
+        if self.num_train_timesteps < 1:
+            raise ConfigError("pipeline.num_train_timesteps must be at least 1")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ConfigError(
+                f"pipeline needs 0 < beta_start < beta_end < 1; got {self.beta_start}, "
+                f"{self.beta_end}"
+            )
 
     @property
     def uses_guidance(self) -> bool:
@@ -351,9 +373,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return dict(value)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(map(str, args))}; got {value!r}"
-            )
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
     if hint is bool:
         if not isinstance(value, bool):

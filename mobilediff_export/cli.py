@@ -1,0 +1,173 @@
+"""The ``mobilediff`` command: a thin layer that parses, calls the library and prints.
+
+Errors the user can fix come out as one line on stderr and exit status 1; usage errors
+exit 2 (argparse). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import MobileDiffError
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .analysis import component_costs, image_flops
+    from .checkpoints import load_model, model_names
+    from .config import ModelConfig
+
+    if args.model is None:
+        print("named models:", ", ".join(model_names()) or "none")
+        return 0
+    config = _config_only(args.model) or load_model(args.model).config
+    assert isinstance(config, ModelConfig)
+    costs = component_costs(config)
+    p = config.pipeline
+    print(f"model {config.name}: {config.description}".rstrip(": "))
+    print(
+        f"image {p.image_size}x{p.image_size}, latent {'x'.join(map(str, config.latent_shape))}, "
+        f"sampler {p.sampler} x{p.num_inference_steps}, guidance {p.guidance_scale:g}, "
+        f"prediction {p.prediction_type}"
+    )
+    print(f"{'component':<14}{'parameters':>14}{'GFLOP/forward':>16}  inputs (batch 1)")
+    for c in costs:
+        shapes = ", ".join("x".join(map(str, s)) for s in c.input_shapes)
+        print(f"{c.name:<14}{c.parameters:>14,}{c.flops / 1e9:>16.2f}  {shapes}")
+    total = sum(c.parameters for c in costs)
+    print(f"{'total':<14}{total:>14,}  ({_fmt_count(total)} parameters)")
+    flops = image_flops(config, costs, p.num_inference_steps, p.uses_guidance)
+    print(
+        f"one image, {p.num_inference_steps} steps"
+        f"{' with guidance (batch 2)' if p.uses_guidance else ''}: {flops / 1e12:.3f} TFLOP "
+        "(matmul + conv, 2 per MAC)"
+    )
+    return 0
+
+
+def _config_only(model: str):
+    """A config JSON (or name of one) gives sizes and FLOPs without building weights."""
+    from .checkpoints import models_dir
+    from .config import ModelConfig
+
+    path = Path(model)
+    if not path.exists() and "/" not in model:
+        path = models_dir() / f"{model}.json"
+    if path.is_file() and path.suffix == ".json":
+        return ModelConfig.from_json_file(path)
+    return None
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    from .tokenizer import read_prompt_file
+
+    if args.prompt_file is not None:
+        if args.prompt is not None:
+            raise MobileDiffError("give either a prompt or --prompt-file, not both")
+        return read_prompt_file(Path(args.prompt_file)).strip()
+    if args.prompt is None:
+        raise MobileDiffError("no prompt: give one as an argument or with --prompt-file")
+    return args.prompt
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .fileio import atomic_write_bytes
+    from .pipeline import load_pipeline
+
+    prompt = _read_prompt(args)
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise MobileDiffError(f"output must be a .png file, got {out}")
+    if out.exists() and not args.force:
+        raise MobileDiffError(f"{out} already exists; pass --force to replace it")
+    started = time.perf_counter()
+    pipe = load_pipeline(args.model)
+    loaded = time.perf_counter()
+    image = pipe(
+        prompt,
+        steps=args.steps,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+        progress=True,
+    )
+    done = time.perf_counter()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    print(
+        f"wrote {out} ({image.width}x{image.height}) from {pipe.source}: "
+        f"load {loaded - started:.2f}s, generate {done - loaded:.2f}s"
+    )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model, save_native
+
+    loaded = load_model(args.source)
+    out = save_native(args.output, loaded.config, loaded.modules, loaded.tokenizer, args.force)
+    print(f"wrote {out} ({loaded.config.name}, from {loaded.source})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilediff",
+        description="MobileDiffusion models from checkpoint to phone.",
+    )
+    parser.add_argument("--version", action="version", version=f"mobilediff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="components, parameter counts and FLOPs of a model")
+    info.add_argument("model", nargs="?", help="config name, config JSON, or model folder")
+    info.set_defaults(func=cmd_info)
+
+    gen = sub.add_parser("generate", help="make an image from a prompt with the PyTorch model")
+    gen.add_argument("prompt", nargs="?", help="the text prompt")
+    gen.add_argument("--prompt-file", help="read the prompt from a UTF-8 text file")
+    gen.add_argument("--model", default="tiny", help="config name or model folder")
+    gen.add_argument("-o", "--output", required=True, help="PNG file to write")
+    gen.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale; <=1 is off")
+    gen.add_argument("--sampler", choices=("ddim", "euler", "onestep"))
+    gen.add_argument("--force", action="store_true", help="replace an existing output")
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="write a model (e.g. a diffusers folder) in our format")
+    conv.add_argument("source", help="config name, native folder or diffusers folder")
+    conv.add_argument("-o", "--output", required=True, help="folder to write")
+    conv.add_argument("--force", action="store_true", help="replace an existing output")
+    conv.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MobileDiffError as exc:
+        print(f"mobilediff {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mobilediff {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
