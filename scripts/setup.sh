@@ -10,7 +10,7 @@ fi
 stamp=.venv/.mobilediff-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".[export,test]"
   touch "$stamp"
 fi
 # OpenAI's CLIP vocabulary as PyPI ships it: a test converts it and checks the result
