@@ -4,8 +4,8 @@
 
 Tokenizer ids come from transformers' CLIPTokenizer over models/tokenizer/, sampler
 outputs from diffusers' schedulers, and pipeline_tiny.json records one run of our PyTorch
-pipeline (which the oracle tests hold to diffusers' StableDiffusionPipeline). Kotlin and Swift tests read these files; never edit
-them by hand.
+pipeline (which the oracle tests hold to diffusers' StableDiffusionPipeline). Kotlin and
+Swift tests read these files; never edit them by hand.
 """
 
 from __future__ import annotations
