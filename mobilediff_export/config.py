@@ -202,6 +202,12 @@ class TokenizerConfig:
     eos_token_id: int = 49407
     pad_token_id: int = 49407
 
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError("tokenizer.max_length must leave room for bos and eos (>= 2)")
+        if min(self.bos_token_id, self.eos_token_id, self.pad_token_id) < 0:
+            raise ConfigError("tokenizer token ids cannot be negative")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -270,6 +276,18 @@ class ModelConfig:
             raise ConfigError(
                 f"unet.cross_attention_dim {self.unet.cross_attention_dim} does not match "
                 f"text_encoder.hidden_size {self.text_encoder.hidden_size}"
+            )
+        if self.tokenizer.max_length > self.text_encoder.max_position_embeddings:
+            raise ConfigError(
+                f"tokenizer.max_length {self.tokenizer.max_length} exceeds the text encoder's "
+                f"max_position_embeddings {self.text_encoder.max_position_embeddings}"
+            )
+        special = (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id,
+                   self.tokenizer.pad_token_id)  # fmt: skip
+        if max(special) >= self.text_encoder.vocab_size:
+            raise ConfigError(
+                f"tokenizer ids {special} do not fit text_encoder.vocab_size "
+                f"{self.text_encoder.vocab_size}"
             )
         if self.unet.in_channels != self.vae_decoder.latent_channels:
             raise ConfigError(

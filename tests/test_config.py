@@ -36,6 +36,10 @@ def test_unknown_key_is_named():
         ({"pipeline": {"sampler": "plms"}}, r"pipeline\.sampler must be one of"),
         ({"text_encoder": {"hidden_size": 384}}, r"cross_attention_dim 768 does not match"),
         ({"pipeline": {"image_size": 500}}, r"not a multiple"),
+        ({"tokenizer": {"max_length": 100}}, r"exceeds the text encoder's"),
+        ({"tokenizer": {"max_length": 1}}, r"room for bos and eos"),
+        ({"text_encoder": {"vocab_size": 1000}}, r"do not fit text_encoder\.vocab_size"),
+        ({"pipeline": {"beta_start": 0.02}}, r"beta_start < beta_end"),
         ({"unet": {"block_out_channels": [320, 650, 1280, 1280]}}, r"not divisible"),
     ],
 )
