@@ -42,7 +42,7 @@ class Pipeline(
         return makeSampler(samplerSpecForSteps(spec.sampler, spec.noiseSchedule, steps))
     }
 
-    /** Unit Gaussian starting latents for [seed] (not torch's numbers; see [GaussianNoise]). */
+    /** Unit Gaussian starting latents for [seed]: torch's numbers, as Python and iOS draw them (see [GaussianNoise]). */
     fun initialNoise(seed: Long): FloatArray = GaussianNoise(seed).floats(latentSize)
 
     /**
