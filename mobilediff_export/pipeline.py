@@ -30,15 +30,11 @@ from torch import nn
 from .checkpoints import LoadedModel, load_model
 from .config import ModelConfig
 from .errors import ConfigError
+from .images import to_uint8_image
+from .noise import seeded_noise
 from .progress import progress_bar
 from .schedulers import Sampler, make_sampler
 from .tokenizer import CLIPTokenizer
-
-
-def to_uint8_image(decoded: np.ndarray) -> np.ndarray:
-    """Decoder output in [-1, 1], (B, 3, H, W) -> uint8 RGB (B, H, W, 3), as diffusers rounds."""
-    unit = np.clip(decoded / 2.0 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
-    return (unit * 255.0).round().astype(np.uint8)
 
 
 @dataclass
@@ -78,9 +74,7 @@ class Pipeline:
 
     def initial_noise(self, seed: int) -> np.ndarray:
         """Unit Gaussian latents, as ``torch.randn`` draws them from a seeded CPU generator."""
-        generator = torch.Generator().manual_seed(seed)
-        shape = (1, *self.config.latent_shape)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+        return seeded_noise((1, *self.config.latent_shape), seed)
 
     def make_sampler(
         self,

@@ -570,3 +570,83 @@ def make_sampler(
     if cls is OneStepSampler and num_inference_steps is None and timesteps is None:
         num_inference_steps = config.num_inference_steps
     return cls(config, num_inference_steps=num_inference_steps, timesteps=timesteps)
+
+
+# --------------------------------------------------------------------------- from a manifest
+
+
+def sampler_from_dict(data: dict[str, Any]) -> Sampler:
+    """Rebuild a sampler from its ``to_dict`` (the bundle manifest's ``pipeline.sampler``).
+
+    Nothing is recomputed: the timesteps and the per-step numbers (``alphas_cumprod``,
+    ``sigmas``, ...) are taken as written, exactly as the apps read them, so
+    ``sampler_from_dict(s.to_dict()).to_dict() == s.to_dict()`` and both step identically.
+    A dict that is missing a number its update rule needs, or whose lists disagree in
+    length, raises ``ConfigError``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a sampler is a JSON object, not {type(data).__name__}")
+    name = data.get("name")
+    cls = SAMPLERS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"sampler.name must be one of {', '.join(SAMPLERS)}; got {name!r}")
+    timesteps = _number_list(data, "timesteps")
+    n = len(timesteps)
+    if n == 0:
+        raise ConfigError("sampler.timesteps is empty")
+    if "num_inference_steps" in data and data["num_inference_steps"] != n:
+        raise ConfigError(
+            f"sampler.num_inference_steps is {data['num_inference_steps']!r} but there are "
+            f"{n} timesteps"
+        )
+    spacing = data.get("timestep_spacing")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ConfigError(f"sampler.timestep_spacing must be one of {SPACINGS} or null")
+    try:
+        config = PipelineConfig(
+            prediction_type=data.get("prediction_type", "epsilon"),
+            num_train_timesteps=int(data.get("num_train_timesteps", 1000)),
+            sampler=name,
+            num_inference_steps=n,
+            timestep_spacing=spacing or "leading",
+            steps_offset=int(data.get("steps_offset", 0)),
+            set_alpha_to_one=bool(data.get("set_alpha_to_one", False)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sampler: {exc}") from None
+    sampler = cls.__new__(cls)
+    Sampler.__init__(sampler, config, timesteps, explicit=spacing is None)
+    sampler.init_noise_sigma = _number(data, "init_noise_sigma")
+    if isinstance(sampler, DDIMSampler):
+        sampler.set_alpha_to_one = config.set_alpha_to_one
+        sampler.prev_timesteps = _number_list(data, "prev_timesteps", n).astype(np.int64)
+        sampler.alphas_cumprod = _number_list(data, "alphas_cumprod", n)
+        sampler.alphas_cumprod_prev = _number_list(data, "alphas_cumprod_prev", n)
+        final = sampler.alphas_cumprod_prev[sampler.prev_timesteps < 0]
+        sampler.final_alpha_cumprod = float(final[-1]) if final.size else 1.0
+    elif isinstance(sampler, EulerSampler):
+        sampler.sigmas = _number_list(data, "sigmas", n + 1)
+    elif isinstance(sampler, OneStepSampler):
+        sampler.alphas_cumprod = _number_list(data, "alphas_cumprod", n)
+    return sampler
+
+
+def _number(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"sampler.{key} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def _number_list(data: dict[str, Any], key: str, length: int | None = None) -> np.ndarray:
+    values = data.get(key)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise ConfigError(f"sampler.{key} must be a list of numbers")
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ConfigError(f"sampler.{key} must hold finite numbers")
+    if length is not None and array.size != length:
+        raise ConfigError(f"sampler.{key} has {array.size} entries; expected {length}")
+    return array

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mobilediff_export import __version__, load_pipeline
-from mobilediff_export.pipeline import to_uint8_image
+from mobilediff_export.images import to_uint8_image
 
 MODEL = "tiny"
 PROMPT = "a red circle left of a blue square"

@@ -1,0 +1,236 @@
+"""Each mobile rewrite computes what the network computed, in PyTorch, on tiny configs.
+
+Tolerances are relative to the output's largest magnitude (``scale``):
+
+- ``fold_timesteps``: exact (the same ops on the same numbers, looked up instead of
+  recomputed);
+- ``attention`` forms, ``fuse_qkv``, ``linear_as_conv``, ``group_norm="decomposed"``:
+  1e-5 * scale. The math is the same; only the order of float additions differs (per-head
+  vs batched matmuls, conv vs matmul kernels, two-pass variance). Observed on this
+  machine: at most 3e-6 absolute on outputs of magnitude 1-4, and exactly 0 for
+  ``fuse_qkv`` and token-major ``split_heads``;
+- ``gelu_tanh``: 2e-3 * scale. An approximation: |GELU(x) - GELU_tanh(x)| < 5e-4
+  everywhere (checked below), and the network's output moves by less than that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mobilediff_export.checkpoints import build_modules, load_model
+from mobilediff_export.errors import ConfigError
+from mobilediff_export.export.rewrite import (
+    DEFAULT_REWRITES,
+    RewriteOptions,
+    apply_rewrites,
+    rewritten_io,
+)
+from mobilediff_export.export.signatures import exportable
+
+CLOSE = 1e-5
+GELU_TANH = 2e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a busy machine two spinning OpenMP
+    threads per forward make each call ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def variant(tiny):
+    """The tiny config with the knobs the tiny model leaves off: exact-GELU GLU and CLIP
+    MLP, ReLU attention, separate K/V projections, 1x1-conv transformer projections."""
+    config = tiny.config
+    config = replace(
+        config,
+        text_encoder=replace(config.text_encoder, hidden_act="gelu"),
+        unet=replace(
+            config.unet,
+            ff_activation="gelu",
+            attention_activation="relu",
+            shared_kv=False,
+            use_linear_projection=False,
+        ),
+    )
+    modules = build_modules(config, seed=1)
+    return config, modules
+
+
+def _inputs(config, component: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = config.latent_shape
+    if component == "text_encoder":
+        return (torch.randint(0, config.text_encoder.vocab_size, (1, 77), generator=g),)
+    if component == "unet":
+        dim = config.unet.cross_attention_dim
+        return (
+            torch.randn(2, c, h, w, generator=g),
+            torch.tensor([801.0, 801.0]),
+            torch.randn(2, 77, dim, generator=g),
+        )
+    return (torch.randn(1, c, h, w, generator=g) * 5,)
+
+
+SINGLE = {
+    "attention=split_heads": RewriteOptions(attention="split_heads"),
+    "attention=sdpa": RewriteOptions(attention="sdpa"),
+    "fuse_qkv": RewriteOptions(fuse_qkv=True),
+    "group_norm=decomposed": RewriteOptions(group_norm="decomposed"),
+    "linear_as_conv": RewriteOptions(linear_as_conv=True),
+    "coreml (split_heads + linear_as_conv)": RewriteOptions(
+        attention="split_heads", linear_as_conv=True
+    ),
+    "all exact-math rewrites": RewriteOptions(
+        attention="split_heads", linear_as_conv=True, fuse_qkv=True, group_norm="decomposed"
+    ),
+    "tflite default": DEFAULT_REWRITES["tflite"],
+}
+
+
+def _check(module, component, options, inputs, tolerance):
+    with torch.no_grad():
+        reference = module(*inputs)
+        rewritten, applied = apply_rewrites(module, component, options)
+        out = rewritten(*inputs)
+    scale = reference.abs().max().item()
+    error = (out - reference).abs().max().item()
+    assert error <= tolerance * scale, f"{applied}: max abs error {error:.3g} (scale {scale:.3g})"
+    return applied
+
+
+@pytest.mark.parametrize("name", list(SINGLE))
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_rewrites_keep_the_math(tiny, variant, name, component):
+    options = SINGLE[name]
+    for config, modules in ((tiny.config, tiny.modules), variant):
+        module = exportable(modules[component], component, "tflite")
+        inputs = _inputs(config, component)
+        if component == "text_encoder":
+            inputs = (inputs[0].to(torch.int32),)
+        tolerance = GELU_TANH if options.gelu_tanh else CLOSE
+        _check(module, component, options, inputs, tolerance)
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet"])
+def test_gelu_tanh_is_a_close_approximation(variant, component):
+    x = torch.linspace(-10, 10, 20001)
+    gap = (torch.nn.functional.gelu(x) - torch.nn.functional.gelu(x, approximate="tanh")).abs()
+    assert gap.max() < 5e-4
+    config, modules = variant
+    applied = _check(
+        modules[component],
+        component,
+        RewriteOptions(gelu_tanh=True),
+        _inputs(config, component),
+        GELU_TANH,
+    )
+    assert applied == ["gelu_tanh"]
+
+
+def test_fold_timesteps_is_exact(tiny):
+    unet = tiny.modules["unet"]
+    timesteps = (961.0, 721.0, 481.0, 241.0, 1.0)
+    folded, applied = apply_rewrites(unet, "unet", RewriteOptions(fold_timesteps=timesteps))
+    assert applied == ["fold_timesteps"]
+    sample, _, context = _inputs(tiny.config, "unet")
+    with torch.no_grad():
+        for index, t in enumerate(timesteps):
+            step = torch.full((2,), index, dtype=torch.int32)
+            expected = unet(sample, torch.full((2,), t), context)
+            assert torch.equal(folded(sample, step, context), expected)
+
+
+def test_fold_timesteps_changes_the_unet_io_only(tiny):
+    options = RewriteOptions(fold_timesteps=(999, 500, 1))
+    assert options.fold_timesteps == (999.0, 500.0, 1.0)
+    io = rewritten_io(tiny.config, "unet", "tflite", options)
+    names = [s.name for s in io.inputs]
+    assert names == ["sample", "step_index", "context"]
+    step = io.inputs[1]
+    assert (step.shape, step.dtype, step.layout) == ((2,), "int32", "N")
+    assert io.example_inputs[1].dtype == torch.int32
+    for component in ("text_encoder", "vae_decoder"):
+        assert rewritten_io(tiny.config, component, "tflite", options).inputs == (
+            rewritten_io(tiny.config, component, "tflite", None).inputs
+        )
+        _, applied = apply_rewrites(tiny.modules[component], component, options)
+        assert "fold_timesteps" not in applied
+
+
+def test_names_in_order_and_only_what_applied(tiny, variant):
+    everything = RewriteOptions(
+        attention="split_heads",
+        fuse_qkv=True,
+        group_norm="decomposed",
+        gelu_tanh=True,
+        linear_as_conv=True,
+        fold_timesteps=(999.0,),
+    )
+    _, applied = apply_rewrites(variant[1]["unet"], "unet", everything)
+    assert applied == [
+        "linear_as_conv",
+        "fuse_qkv",
+        "attention:split_heads",
+        "group_norm:decomposed",
+        "gelu_tanh",
+        "fold_timesteps",
+    ]
+    # The tiny model's GLU is Swish: nothing for gelu_tanh to do.
+    _, applied = apply_rewrites(tiny.modules["unet"], "unet", RewriteOptions(gelu_tanh=True))
+    assert applied == []
+    # ReLU attention has no SDPA form: it stays explicit and the rewrite is not claimed.
+    _, applied = apply_rewrites(variant[1]["unet"], "unet", RewriteOptions(attention="sdpa"))
+    assert applied == []
+    _, applied = apply_rewrites(tiny.modules["vae_decoder"], "vae_decoder", RewriteOptions())
+    assert applied == []
+
+
+def test_original_untouched_and_weights_shared(tiny):
+    unet = tiny.modules["unet"]
+    before = {n: p.clone() for n, p in unet.state_dict().items()}
+    inputs = _inputs(tiny.config, "unet")
+    with torch.no_grad():
+        reference = unet(*inputs)
+    options = RewriteOptions(attention="split_heads", linear_as_conv=True, fuse_qkv=True)
+    rewritten, _ = apply_rewrites(unet, "unet", options)
+    with torch.no_grad():
+        assert torch.equal(unet(*inputs), reference)
+    for name, value in unet.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    ours = {p.data_ptr() for p in unet.parameters()}
+    shared = [p for p in rewritten.parameters() if p.data_ptr() in ours]
+    # Everything but the fused q|k|v weights is the caller's memory, not a copy.
+    fused = sum(p.numel() for p in rewritten.parameters() if p.data_ptr() not in ours)
+    assert sum(p.numel() for p in shared) > 0.8 * sum(p.numel() for p in unet.parameters())
+    assert fused < 0.2 * sum(p.numel() for p in unet.parameters())
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="attention"):
+        RewriteOptions(attention="flash")
+    with pytest.raises(ConfigError, match="group_norm"):
+        RewriteOptions(group_norm="fused")
+    with pytest.raises(ConfigError, match="linear_as_conv"):
+        RewriteOptions(attention="sdpa", linear_as_conv=True)
+    with pytest.raises(ConfigError, match="at least one"):
+        RewriteOptions(fold_timesteps=())
+
+
+def test_defaults_per_target():
+    assert set(DEFAULT_REWRITES) == {"tflite", "coreml", "onnx"}
+    assert DEFAULT_REWRITES["onnx"] == RewriteOptions()
+    coreml = DEFAULT_REWRITES["coreml"]
+    assert coreml.attention == "split_heads" and coreml.linear_as_conv
