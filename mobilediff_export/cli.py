@@ -84,7 +84,6 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .fileio import atomic_write_bytes
-    from .pipeline import load_pipeline
 
     prompt = _read_prompt(args)
     out = Path(args.output)
@@ -93,24 +92,111 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise MobileDiffError(f"{out} already exists; pass --force to replace it")
     started = time.perf_counter()
-    pipe = load_pipeline(args.model)
-    loaded = time.perf_counter()
-    image = pipe(
-        prompt,
-        steps=args.steps,
-        seed=args.seed,
-        guidance_scale=args.guidance,
-        sampler=args.sampler,
-        progress=True,
-    )
+    if args.bundle is not None:
+        image, source, loaded = _generate_from_bundle(args, prompt)
+    else:
+        from .export import DEFAULT_MODEL
+        from .pipeline import load_pipeline
+
+        if args.backend is not None or args.threads is not None:
+            raise MobileDiffError("--backend and --threads apply to --bundle only")
+        pipe = load_pipeline(args.model or DEFAULT_MODEL)
+        loaded = time.perf_counter()
+        image = pipe(
+            prompt,
+            steps=args.steps,
+            seed=args.seed,
+            guidance_scale=args.guidance,
+            sampler=args.sampler,
+            progress=True,
+        )
+        source = pipe.source
     done = time.perf_counter()
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())
     print(
-        f"wrote {out} ({image.width}x{image.height}) from {pipe.source}: "
+        f"wrote {out} ({image.width}x{image.height}) from {source}: "
         f"load {loaded - started:.2f}s, generate {done - loaded:.2f}s"
     )
+    return 0
+
+
+def _generate_from_bundle(args: argparse.Namespace, prompt: str):
+    """The bundle's own models through LiteRT or ONNX Runtime; the manifest fixes sampling."""
+    from .runtime import load_bundle
+
+    if args.steps is not None or args.sampler is not None:
+        raise MobileDiffError(
+            "a bundle fixes its sampler and steps; export it again with --steps/--sampler"
+        )
+    runtime = load_bundle(args.bundle, backend=args.backend, num_threads=args.threads)
+    loaded = time.perf_counter()
+    image = runtime(prompt, seed=args.seed, guidance_scale=args.guidance, progress=True)
+    return image, f"{args.bundle} ({runtime.backend})", loaded
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bundle import format_bytes, inspect_bundle
+    from .export import DEFAULT_MODEL, export_bundle
+
+    started = time.perf_counter()
+    out = export_bundle(
+        model=args.model or DEFAULT_MODEL,
+        out=args.output,
+        targets=args.target,
+        recipe=args.recipe,
+        overrides=args.override,
+        steps=args.steps,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        force=args.force,
+        progress=True,
+        rewrites=args.rewrite,
+    )
+    summary = inspect_bundle(out)
+    for c in summary["components"]:
+        print(
+            f"{c['target']:<7}{c['component']:<13}{c['precision']:<16}"
+            f"{format_bytes(c['size_bytes']):>10}  {c['file']}"
+        )
+    print(
+        f"wrote {out}: {summary['files']} files, {format_bytes(summary['total_size_bytes'])}, "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .bundle import BundleError, format_inspect, inspect_bundle
+
+    summary = inspect_bundle(args.bundle)
+    print(json.dumps(summary, indent=2) if args.json else format_inspect(summary))
+    problems = summary["problems"]
+    if problems:
+        more = f" (and {len(problems) - 1} more, listed above)" if len(problems) > 1 else ""
+        raise BundleError(f"{args.bundle} failed verification: {problems[0]}{more}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import DEFAULT_PROMPT, format_report, validate_bundle
+
+    report = validate_bundle(
+        args.bundle,
+        prompt=args.prompt or DEFAULT_PROMPT,
+        seed=args.seed,
+        model=args.model,
+        num_threads=args.threads,
+        progress=True,
+    )
+    print(format_report(report))
+    if not report["passed"]:
+        failures = report["failures"]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise MobileDiffError(f"{args.bundle} is below its parity thresholds: {failures[0]}{more}")
     return 0
 
 
@@ -121,6 +207,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = save_native(args.output, loaded.config, loaded.modules, loaded.tokenizer, args.force)
     print(f"wrote {out} ({loaded.config.name}, from {loaded.source})")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,23 +231,82 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", help="config name, config JSON, or model folder")
     info.set_defaults(func=cmd_info)
 
-    gen = sub.add_parser("generate", help="make an image from a prompt with the PyTorch model")
+    gen = sub.add_parser(
+        "generate", help="make an image from a prompt with the PyTorch model or a bundle"
+    )
     gen.add_argument("prompt", nargs="?", help="the text prompt")
     gen.add_argument("--prompt-file", help="read the prompt from a UTF-8 text file")
-    gen.add_argument("--model", default="tiny", help="config name or model folder")
+    source = gen.add_mutually_exclusive_group()
+    source.add_argument("--model", help="config name or model folder (default: the demo model)")
+    source.add_argument("--bundle", help="an exported bundle, run through LiteRT or ONNX Runtime")
     gen.add_argument("-o", "--output", required=True, help="PNG file to write")
     gen.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale; <=1 is off")
     gen.add_argument("--sampler", choices=("ddim", "euler", "onestep"))
+    gen.add_argument(
+        "--backend",
+        choices=("tflite", "onnx"),
+        help="with --bundle: the runtime (default: tflite if the bundle has it, else onnx)",
+    )
+    gen.add_argument(
+        "--threads", type=_positive_int, help="with --bundle: CPU threads for the runtime"
+    )
     gen.add_argument("--force", action="store_true", help="replace an existing output")
     gen.set_defaults(func=cmd_generate)
+
+    exp = sub.add_parser("export", help="export a model to a LiteRT / Core ML / ONNX bundle")
+    exp.add_argument("--model", help="config name or model folder (default: the demo model)")
+    exp.add_argument(
+        "--target",
+        action="append",
+        help="tflite, coreml or onnx; repeat it or give a comma list (default: tflite,coreml)",
+    )
+    exp.add_argument("--recipe", help="quantization recipe for every component it applies to")
+    exp.add_argument(
+        "--override",
+        action="append",
+        metavar="[TARGET:]COMPONENT=RECIPE",
+        help="one component's recipe, e.g. coreml:unet=palettize-4bit (repeatable)",
+    )
+    exp.add_argument(
+        "--rewrite",
+        action="append",
+        metavar="[TARGET:]NAME[=VALUE]",
+        help="change a mobile rewrite, e.g. tflite:attention=sdpa, fuse_qkv=off, "
+        "fold_timesteps, coreml:none (repeatable; default: each target's own set)",
+    )
+    exp.add_argument("--steps", type=int, help="sampler steps recorded in the bundle")
+    exp.add_argument("--sampler", choices=("ddim", "euler", "onestep"))
+    exp.add_argument(
+        "--guidance", type=float, help="guidance scale; > 1 exports the UNet at batch 2"
+    )
+    exp.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    exp.add_argument("--force", action="store_true", help="replace an existing bundle")
+    exp.set_defaults(func=cmd_export)
+
+    ins = sub.add_parser("inspect", help="show a bundle and verify every file's sha256")
+    ins.add_argument("bundle", help="bundle folder")
+    ins.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ins.set_defaults(func=cmd_inspect)
+
+    val = sub.add_parser("validate", help="measure a bundle against its PyTorch original")
+    val.add_argument("bundle", help="bundle folder")
+    val.add_argument("--prompt", help="prompt of the pipeline check (default: a fixed one)")
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--model", help="where the PyTorch original is, if it moved since export")
+    val.add_argument("--threads", type=_positive_int, help="CPU threads for the runtimes")
+    val.set_defaults(func=cmd_validate)
 
     conv = sub.add_parser("convert", help="write a model (e.g. a diffusers folder) in our format")
     conv.add_argument("source", help="config name, native folder or diffusers folder")
     conv.add_argument("-o", "--output", required=True, help="folder to write")
     conv.add_argument("--force", action="store_true", help="replace an existing output")
     conv.set_defaults(func=cmd_convert)
+
+    from .bench.commands import add_bench_commands
+
+    add_bench_commands(sub)
     return parser
 
 
