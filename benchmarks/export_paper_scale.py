@@ -226,21 +226,16 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_one(config, component: str):
-    import torch
+    """The component with exactly the weights ``load_model`` gives it (so the parity run,
+    which loads the model, compares like with like): the three networks draw from one
+    seeded generator in order, so the others are built too and dropped at once."""
+    from mobilediff_export.checkpoints import build_modules
 
-    from mobilediff_export.models.text_encoder import CLIPTextEncoder
-    from mobilediff_export.models.unet import UNet
-    from mobilediff_export.models.vae_decoder import VAEDecoder
-
-    build = {
-        "text_encoder": lambda: CLIPTextEncoder(config.text_encoder),
-        "unet": lambda: UNet(config.unet),
-        "vae_decoder": lambda: VAEDecoder(config.vae_decoder),
-    }[component]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = build()
-    return module.eval().requires_grad_(False)
+    modules = build_modules(config)
+    module = modules.pop(component)
+    modules.clear()
+    gc.collect()
+    return module
 
 
 class WorkerFailed(RuntimeError):

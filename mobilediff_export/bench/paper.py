@@ -223,6 +223,15 @@ PEER_VARIANTS: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
 )  # fmt: skip
 
 
+def _peer_flops(settings: PaperSettings) -> int:
+    """FLOPs of one peer UNet step (our network, same shapes as the diffusers one)."""
+    from ..analysis import component_costs
+    from .peers import model_config_for
+
+    config = model_config_for("diffusers", settings.work)
+    return next(c.flops for c in component_costs(config) if c.name == "unet")
+
+
 def _peer_ratios(rows: list[dict[str, Any]]) -> None:
     by_name = {r["name"]: r for r in rows}
     ours = _median(by_name.get("ours-litert", {}))
@@ -247,6 +256,7 @@ def run_peers(
         "model": PEER_NAME,
         "diffusers_config": peer_config_dict(s.peer_overrides),
         "parameters": weights.get("parameters"),
+        "unet_flops": _peer_flops(s) if weights["status"] == "ok" else None,
         "input": _step_input_text(s),
         "ours": "ours-litert",
         "rows": [],

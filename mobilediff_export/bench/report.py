@@ -403,7 +403,13 @@ def paper_markdown(result: dict[str, Any], charts: dict[str, str]) -> str:
             "",
             f"## Peers: {peers['model']}, same weights",
             "",
-            f"{peers['input']}. Ratio = that one's median step time over ours "
+            f"{peers['input']}"
+            + (
+                f" ({peers['unet_flops'] / 1e9:.0f} GFLOP per step)"
+                if peers.get("unet_flops")
+                else ""
+            )
+            + f". Ratio = that one's median step time over ours "
             f"(`{peers['ours']}`): above 1 means ours is faster.",
             "",
             "| variant | what | step median ms | p90 ms | ratio to ours | ratio to our fp32 | "

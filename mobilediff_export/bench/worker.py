@@ -44,6 +44,8 @@ def random_feeds(specs: list[dict[str, Any]], vocab: int, seed: int = 0) -> dict
         shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
         if spec["layout"] == "NL":
             feeds[spec["name"]] = rng.integers(0, vocab, size=shape).astype(dtype)
+        elif spec["name"] == "step_index":  # fold_timesteps: an index into the fixed list
+            feeds[spec["name"]] = np.zeros(shape, dtype=dtype)
         elif spec["layout"] == "N":
             feeds[spec["name"]] = np.full(shape, 500.0, dtype=dtype)
         else:
