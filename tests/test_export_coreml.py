@@ -282,6 +282,26 @@ def test_unet_with_the_neural_engine_rewrites(tiny, tmp_path):
     assert read_metadata(out)["rewrite_options"]["attention"] == "split_heads"
 
 
+@pytest.mark.slow
+def test_unet_with_folded_timesteps_takes_a_step_index(tiny, tmp_path):
+    options = RewriteOptions(
+        attention="split_heads", linear_as_conv=True, fold_timesteps=(999.0, 749.0, 499.0)
+    )
+    module = tiny.modules["unet"]
+    out = tmp_path / "Unet.mlpackage"
+    artifact = convert_coreml(module, tiny.config, "unet", out, get_recipe("fp16"), options)
+    assert artifact.rewrites[-1] == "fold_timesteps"
+    assert [s.name for s in artifact.inputs] == ["sample", "step_index", "context"]
+    assert artifact.inputs == rewritten_io(tiny.config, "unet", "coreml", options).inputs
+    checked = check_coreml(out, entry_of(artifact), module, tiny.config, "unet")
+    assert checked["passed"], checked["problems"]
+    assert checked["checks"]["spec_io"]["inputs"][1] == {
+        "name": "step_index",
+        "shape": [2],
+        "dtype": "int32",
+    }
+
+
 # ------------------------------------------------------------------ mapping weights back
 
 
