@@ -54,7 +54,7 @@ def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.chmod(tmp, usual_file_mode())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,6 +66,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def usual_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask); mkstemp's is 0600."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write_text(dest: str | Path, text: str) -> None:
