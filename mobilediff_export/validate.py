@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,13 +70,13 @@ from .bundle import (
 )
 from .fileio import atomic_write_text
 from .images import to_uint8_image
+from .metrics import error_figures, psnr_db
 from .noise import seeded_noise
 from .runtime.pipeline import BundlePipeline
 from .runtime.runners import open_runner
 
 DEFAULT_PROMPT = "a red circle left of a blue square"
 DEFAULT_SEED = 0
-PSNR_CAP_DB = 100.0
 
 
 @dataclass(frozen=True)
@@ -116,36 +115,14 @@ def threshold_for(recipe: str) -> Threshold:
 # --------------------------------------------------------------------------- metrics
 
 
-def psnr_db(reference: np.ndarray, other: np.ndarray, peak: float) -> float:
-    """20 log10(peak / RMSE), capped at ``PSNR_CAP_DB``."""
-    diff = np.asarray(reference, np.float64) - np.asarray(other, np.float64)
-    mse = float(np.mean(diff * diff))
-    if mse == 0.0 or peak <= 0.0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 20.0 * math.log10(peak / math.sqrt(mse)))
-
-
-def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """Error figures of ``other`` against ``reference`` (see the module docstring)."""
-    reference = np.asarray(reference, np.float64)
-    other = np.asarray(other, np.float64)
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Error figures of ``other`` against ``reference`` (``metrics.error_figures``)."""
+    reference, other = np.asarray(reference), np.asarray(other)
     if reference.shape != other.shape:
         raise ValidationError(
             f"output shape {other.shape} differs from PyTorch's {reference.shape}"
         )
-    err = np.abs(reference - other)
-    scale = float(np.abs(reference).max())
-    finite = bool(np.all(np.isfinite(other)))
-    max_err = float(err.max()) if finite else math.inf
-    return {
-        "max_abs_error": max_err if finite else None,
-        "mean_abs_error": float(err.mean()) if finite else None,
-        "output_scale": scale,
-        "relative_error": (max_err / scale if scale > 0 else max_err) if finite else None,
-        "psnr_db": psnr_db(reference, other, float(reference.max() - reference.min()))
-        if finite
-        else None,
-    }
+    return error_figures(reference, other)
 
 
 def _passes(figures: dict[str, Any], threshold: Threshold) -> bool:

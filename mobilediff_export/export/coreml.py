@@ -70,6 +70,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, MobileDiffError
+from ..metrics import error_figures, psnr_from_mse
 from .artifacts import Component, ComponentArtifact, TensorSpec
 from .quantize import Recipe
 from .signatures import ComponentIO, component_io, exportable
@@ -113,9 +114,6 @@ The tiny config's three networks (random weights) give fp16 76-86 dB, int8 50-63
 6-bit 39-48, 4-bit 28-37; a wrong layout or a lost weight gives 0-20 dB."""
 FP32_MAX_RELATIVE_ERROR = 1e-4
 """The issue's fp32 figure: max abs error within 1e-4 of the output scale."""
-
-PSNR_CAP_DB = 100.0
-"""Identical outputs report this (as validate's figures do), keeping the result JSON."""
 
 METADATA_PREFIX = "mobilediff."
 """The model's user-defined metadata: recipe, rewrites (names and options), kept layers."""
@@ -455,7 +453,7 @@ def _mixed_keep(
         "kept_share_of_error": round(kept_error / total_error, 3),
         "kept_share_of_elements": round(kept_elements / total_elements, 3),
         "most_sensitive_psnr_db": {
-            name: round(_psnr_from_mse(mse, peak), 2) for name, (mse, _, _) in ranked
+            name: round(psnr_from_mse(mse, peak), 2) for name, (mse, _, _) in ranked
         },
     }
     return kept, sensitivity
@@ -991,30 +989,14 @@ def _swapped(module: nn.Module, state: dict[str, torch.Tensor]) -> Iterator[None
 
 
 def _compare(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[str, Any]:
-    """max abs error, output scale, relative error and PSNR (peak = reference's range).
-
-    Figures as ``validate.compare`` defines them, so Core ML and LiteRT reports read alike.
-    """
-    ref = np.concatenate([r.ravel() for r in reference]).astype(np.float64)
-    got = np.concatenate([o.ravel() for o in other]).astype(np.float64)
-    if not np.all(np.isfinite(got)):
-        return {"max_abs_error": None, "output_scale": float(np.abs(ref).max()),
-                "relative_error": None, "psnr_db": None}  # fmt: skip
-    err = np.abs(ref - got)
-    scale = float(np.abs(ref).max())
-    mse = float(np.mean(err * err))
-    return {
-        "max_abs_error": float(err.max()),
-        "output_scale": scale,
-        "relative_error": float(err.max()) / scale if scale > 0 else float(err.max()),
-        "psnr_db": round(_psnr_from_mse(mse, float(ref.max() - ref.min())), 2),
-    }
-
-
-def _psnr_from_mse(mse: float, peak: float) -> float:
-    if mse <= 0.0 or peak <= 0.0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 20.0 * math.log10(peak / math.sqrt(mse)))
+    """``metrics.error_figures`` over all outputs together, PSNR rounded for the report."""
+    figures = error_figures(
+        np.concatenate([r.ravel() for r in reference]),
+        np.concatenate([o.ravel() for o in other]),
+    )
+    if figures["psnr_db"] is not None:
+        figures["psnr_db"] = round(figures["psnr_db"], 2)
+    return figures
 
 
 # --------------------------------------------------------------------------- coremltools
