@@ -5,6 +5,12 @@ and refuses a recipe that names a target it cannot honour. ``--recipe NAME`` pic
 recipe for every component; without it each component gets ``DEFAULT_RECIPES``' choice,
 a sensible mobile default: int8 where it is safe and fast, fp16 where the picture is
 sensitive (the decoder writes pixels directly).
+
+``mixed`` differs by target in what "fp16" means: LiteRT keeps the chosen layers' weights
+fp16 and computes everything in fp32 (XNNPACK dequantizes), while a Core ML ``mlprogram``
+computes the whole model in fp16 (``compute_precision`` is per model), so there the kept
+layers differ from the rest in their weights only. The recipe's ``compute`` field reads
+"fp32" for the LiteRT side; the Core ML converter records fp16 in the artifact.
 """
 
 from __future__ import annotations
