@@ -4,9 +4,11 @@ Tolerances are relative to the output's largest magnitude (``scale``):
 
 - ``fold_timesteps``: exact (the same ops on the same numbers, looked up instead of
   recomputed);
-- ``attention`` forms, ``fuse_qkv``, ``linear_as_conv``, ``group_norm="decomposed"``:
-  1e-5 * scale. The math is the same; only the order of float additions differs (per-head
-  vs batched matmuls, conv vs matmul kernels, two-pass variance). Observed on this
+- ``attention`` forms, ``fuse_qkv``, ``linear_as_conv``, ``group_norm="decomposed"``,
+  ``phase_upsample``, ``winograd``: 1e-5 * scale. The math is the same; only the order of float
+  additions differs (per-head vs batched matmuls, conv vs matmul kernels, two-pass
+  variance, kernel taps summed before the conv instead of inside it, Winograd's
+  transforms). Observed on this
   machine: at most 3e-6 absolute on outputs of magnitude 1-4, and exactly 0 for
   ``fuse_qkv`` and token-major ``split_heads``;
 - ``gelu_tanh``: 2e-3 * scale. An approximation: |GELU(x) - GELU_tanh(x)| < 5e-4
@@ -24,11 +26,15 @@ from mobilediff_export.checkpoints import build_modules, load_model
 from mobilediff_export.errors import ConfigError
 from mobilediff_export.export.rewrite import (
     DEFAULT_REWRITES,
+    WINOGRAD_MIN_CHANNELS,
+    PhaseUpsample,
     RewriteOptions,
+    WinogradConv2d,
     apply_rewrites,
     rewritten_io,
 )
 from mobilediff_export.export.signatures import exportable
+from mobilediff_export.models import layers
 
 CLOSE = 1e-5
 GELU_TANH = 2e-3
@@ -90,11 +96,18 @@ SINGLE = {
     "fuse_qkv": RewriteOptions(fuse_qkv=True),
     "group_norm=decomposed": RewriteOptions(group_norm="decomposed"),
     "linear_as_conv": RewriteOptions(linear_as_conv=True),
+    "phase_upsample": RewriteOptions(phase_upsample=True),
+    "winograd": RewriteOptions(winograd=True),
     "coreml (split_heads + linear_as_conv)": RewriteOptions(
         attention="split_heads", linear_as_conv=True
     ),
     "all exact-math rewrites": RewriteOptions(
-        attention="split_heads", linear_as_conv=True, fuse_qkv=True, group_norm="decomposed"
+        attention="split_heads",
+        linear_as_conv=True,
+        fuse_qkv=True,
+        group_norm="decomposed",
+        phase_upsample=True,
+        winograd=True,
     ),
     "tflite default": DEFAULT_REWRITES["tflite"],
 }
@@ -177,6 +190,8 @@ def test_names_in_order_and_only_what_applied(tiny, variant):
         group_norm="decomposed",
         gelu_tanh=True,
         linear_as_conv=True,
+        phase_upsample=True,
+        winograd=True,
         fold_timesteps=(999.0,),
     )
     _, applied = apply_rewrites(variant[1]["unet"], "unet", everything)
@@ -186,6 +201,8 @@ def test_names_in_order_and_only_what_applied(tiny, variant):
         "attention:split_heads",
         "group_norm:decomposed",
         "gelu_tanh",
+        "phase_upsample",
+        "winograd",
         "fold_timesteps",
     ]
     # The tiny model's GLU is Swish: nothing for gelu_tanh to do.
@@ -196,6 +213,65 @@ def test_names_in_order_and_only_what_applied(tiny, variant):
     assert applied == []
     _, applied = apply_rewrites(tiny.modules["vae_decoder"], "vae_decoder", RewriteOptions())
     assert applied == []
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 16, 8, 8)])
+def test_phase_upsample_is_the_upsampler_at_input_resolution(shape):
+    """Odd and even sizes; every output phase and border of the 2x map is checked."""
+    batch, channels, height, width = shape
+    torch.manual_seed(0)
+    up = layers.Upsample(channels).eval()
+    x = torch.randn(*shape)
+    phased = PhaseUpsample(up)
+    with torch.no_grad():
+        expected, out = up(x), phased(x)
+    assert out.shape == expected.shape == (batch, channels, 2 * height, 2 * width)
+    assert (out - expected).abs().max() <= CLOSE * expected.abs().max()
+    # One 2x2 conv at the input size: 16 taps per 4 output pixels instead of 36.
+    assert phased.conv.weight.shape == (4 * channels, channels, 2, 2)
+
+
+def test_phase_upsample_reaches_every_upsampler(tiny):
+    options = RewriteOptions(phase_upsample=True)
+    for component in ("unet", "vae_decoder"):
+        module = tiny.modules[component]
+        count = sum(isinstance(m, layers.Upsample) for m in module.modules())
+        rewritten, applied = apply_rewrites(module, component, options)
+        assert count > 0 and applied == ["phase_upsample"]
+        assert sum(isinstance(m, PhaseUpsample) for m in rewritten.modules()) == count
+        assert not any(isinstance(m, layers.Upsample) for m in rewritten.modules())
+    _, applied = apply_rewrites(tiny.modules["text_encoder"], "text_encoder", options)
+    assert applied == []
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 6, 10), (1, 48, 16, 16), (1, 32, 5, 7)])
+def test_winograd_is_the_3x3_conv(shape):
+    """Even sizes run F(2x2, 3x3), bias and borders included; odd ones the original conv."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 40, 3, padding=1).eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected, out = conv(x), WinogradConv2d(conv)(x)
+    assert out.shape == expected.shape
+    assert (out - expected).abs().max() <= CLOSE * expected.abs().max()
+
+
+def test_winograd_takes_only_wide_same_padded_3x3_convs(tiny):
+    unet = tiny.modules["unet"]
+    rewritten, applied = apply_rewrites(unet, "unet", RewriteOptions(winograd=True))
+    assert applied == ["winograd"]
+    swapped = dict(rewritten.named_modules())
+    for name, m in unet.named_modules():
+        if not isinstance(m, torch.nn.Conv2d):
+            continue
+        wanted = (
+            m.kernel_size == (3, 3)
+            and m.stride == (1, 1)
+            and m.groups == 1
+            and min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS
+        )
+        assert isinstance(swapped[name], WinogradConv2d) == wanted, name
+    assert not isinstance(swapped["conv_in"], WinogradConv2d)  # 4 input channels
 
 
 def test_original_untouched_and_weights_shared(tiny):
@@ -234,3 +310,4 @@ def test_defaults_per_target():
     assert DEFAULT_REWRITES["onnx"] == RewriteOptions()
     coreml = DEFAULT_REWRITES["coreml"]
     assert coreml.attention == "split_heads" and coreml.linear_as_conv
+    assert DEFAULT_REWRITES["tflite"].phase_upsample and not coreml.phase_upsample
