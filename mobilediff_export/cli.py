@@ -112,11 +112,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         source = pipe.source
     done = time.perf_counter()
+    generated = image.size
+    if args.upscale > 1:  # pixel-exact enlargement for looking at a small model's output
+        from PIL import Image
+
+        size = (image.width * args.upscale, image.height * args.upscale)
+        image = image.resize(size, Image.Resampling.NEAREST)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())
     print(
-        f"wrote {out} ({image.width}x{image.height}) from {source}: "
+        f"wrote {out} ({generated[0]}x{generated[1]}"
+        + (f", shown {args.upscale}x" if args.upscale > 1 else "")
+        + f") from {source}: "
         f"load {loaded - started:.2f}s, generate {done - loaded:.2f}s"
     )
     return 0
@@ -153,6 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         force=args.force,
         progress=True,
         rewrites=args.rewrite,
+        calibration_prompts=args.calibration_prompts,
     )
     summary = inspect_bundle(out)
     for c in summary["components"]:
@@ -252,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--threads", type=_positive_int, help="with --bundle: CPU threads for the runtime"
     )
+    gen.add_argument(
+        "--upscale",
+        type=_positive_int,
+        default=1,
+        help="enlarge the PNG N times, nearest neighbour (the demo model draws 32x32)",
+    )
     gen.add_argument("--force", action="store_true", help="replace an existing output")
     gen.set_defaults(func=cmd_generate)
 
@@ -281,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--guidance", type=float, help="guidance scale; > 1 exports the UNet at batch 2"
     )
+    exp.add_argument(
+        "--calibration-prompts",
+        metavar="FILE",
+        help="prompts (one a line) that w8a8 calibrates on (default: the model folder's "
+        "calibration_prompts.txt, else a few generic prompts)",
+    )
     exp.add_argument("-o", "--output", required=True, help="bundle folder to write")
     exp.add_argument("--force", action="store_true", help="replace an existing bundle")
     exp.set_defaults(func=cmd_export)
@@ -305,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_convert)
 
     from .bench.commands import add_bench_commands
+    from .training.commands import add_train_commands
 
     add_bench_commands(sub)
+    add_train_commands(sub)
     return parser
 
 

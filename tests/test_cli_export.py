@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from bundle_helpers import copy_bundle, tiny_onnx_bundle, use_fake_converters
+from bundle_helpers import copy_bundle, fake_converter, tiny_onnx_bundle, use_fake_converters
 from PIL import Image
 
 from mobilediff_export.bundle import MANIFEST, PARITY_REPORT, read_manifest, verify_bundle
@@ -88,6 +88,49 @@ def test_export_user_errors(capsys, tmp_path, monkeypatch, argv, pattern):
     code, _, err = run(capsys, "export", *argv, "-o", tmp_path / "b")
     assert_one_line_error(code, err, pattern)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_w8a8_calibrates_on_the_prompts_file(capsys, tmp_path, monkeypatch):
+    import mobilediff_export.export as export_module
+
+    seen = {}
+
+    def load_converter(target):
+        convert = fake_converter(target)
+
+        def with_calibration(module, config, component, *args, calibration=None):
+            seen[component] = calibration
+            return convert(module, config, component, *args)
+
+        return with_calibration
+
+    monkeypatch.setattr(export_module, "load_converter", load_converter)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# shapes\na red circle\n\na blue square\n")
+    code, _, err = run(
+        capsys,
+        "export", "--model", "tiny", "--target", "tflite", "--recipe", "w8a8", "--steps", "1",
+        "--calibration-prompts", prompts, "-o", tmp_path / "b",
+    )  # fmt: skip
+    assert code == 0, err
+    calibration = seen["unet"]
+    assert calibration is seen["text_encoder"] is seen["vae_decoder"]
+    assert calibration.prompts == ("a red circle", "a blue square")
+    assert calibration.prompts_from == str(prompts)
+    assert len(calibration.for_component("unet")) == 2  # two prompts, one step each
+    assert len(calibration.for_component("vae_decoder")) == 2
+
+
+def test_export_rejects_an_empty_prompts_file(capsys, tmp_path, monkeypatch):
+    use_fake_converters(monkeypatch)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# nothing here\n")
+    code, _, err = run(
+        capsys, "export", "--target", "tflite", "--recipe", "w8a8",
+        "--calibration-prompts", prompts, "-o", tmp_path / "b",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "no calibration prompts")
+    assert not (tmp_path / "b").exists()
 
 
 def test_export_keeps_an_existing_output(capsys, placeholder_bundle):

@@ -58,6 +58,8 @@ class PaperSettings:
         "gelu_tanh",
         "group_norm",
         "attention_sdpa",
+        "phase_upsample",
+        "winograd",
         "fold_timesteps",
         "default",
     )
@@ -102,14 +104,17 @@ class _Variants:
 
     def convert(self, name: str, source: str, runner: str, **extra: Any) -> dict[str, Any]:
         cached = self.cache.get(name)
+        stamp = converter_stamp({"source": source, "runner": runner, **extra})
         if (
             cached
             and cached.get("status") == "ok"
+            and cached.get("stamp") == stamp
             and (self.s.work / cached["entry"]["file"]).exists()
         ):
             return cached
         self.log(f"convert {name} ({source}, {runner})")
         result = self._call("convert_variant", name=name, source=source, runner=runner, **extra)
+        result["stamp"] = stamp
         self.cache[name] = result
         self.cache_path.write_text(json.dumps(self.cache, indent=2))
         return result
@@ -170,10 +175,25 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # ---------------------------------------------------------------------------- parts
 
 
+def converter_stamp(spec: dict[str, Any]) -> str:
+    """What a cached conversion was made with: the spec, the tool's version and the
+    default rewrites and recipes, so a converter change is never measured from a stale file."""
+    from .. import __version__
+    from ..export.quantize import DEFAULT_RECIPES
+    from ..export.rewrite import DEFAULT_REWRITES
+
+    return json.dumps(
+        [spec, __version__, repr(DEFAULT_REWRITES), repr(DEFAULT_RECIPES)], sort_keys=True
+    )
+
+
 def export_paper_bundle(settings: PaperSettings, log: Log) -> Path:
     """The paper-size bundle: LiteRT (default recipes) and ONNX, exported in a worker."""
     out = settings.work / f"{settings.paper_model}-bundle"
-    if (out / "bundle.json").exists():
+    stamp_path = settings.work / f"{settings.paper_model}-bundle.stamp"
+    stamp = converter_stamp({"model": settings.paper_model, "targets": ["tflite", "onnx"]})
+    fresh = stamp_path.is_file() and stamp_path.read_text() == stamp
+    if fresh and (out / "bundle.json").exists():
         return out
     log(f"export {settings.paper_model} to {out} (tflite + onnx)")
     result = run_worker(
@@ -189,6 +209,7 @@ def export_paper_bundle(settings: PaperSettings, log: Log) -> Path:
     )
     if result["status"] != "ok":
         raise RuntimeError(f"paper-size export failed: {result.get('error')}")
+    stamp_path.write_text(stamp)
     return out
 
 
@@ -200,7 +221,9 @@ def export_bundle_call(spec: dict[str, Any]) -> dict[str, Any]:
     from .worker import peak_rss_bytes
 
     torch.set_num_threads(spec["threads"])
-    export_bundle(spec["model"], spec["out"], targets=("tflite", "onnx"), progress=False)
+    export_bundle(
+        spec["model"], spec["out"], targets=("tflite", "onnx"), progress=False, force=True
+    )
     return {"peak_rss_bytes": peak_rss_bytes()}
 
 
@@ -281,6 +304,8 @@ _REWRITES: dict[str, dict[str, Any]] = {
     "attention_sdpa": {"attention": "sdpa"},
     "attention_split_heads": {"attention": "split_heads"},
     "linear_as_conv": {"linear_as_conv": True},
+    "phase_upsample": {"phase_upsample": True},
+    "winograd": {"winograd": True},
     "fold_timesteps": {"fold_timesteps": [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]},
     "default": None,  # DEFAULT_REWRITES["tflite"]
 }

@@ -30,14 +30,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import ConfigError, MobileDiffError
+from ..quiet import native_output_captured
 from .artifacts import COMPONENTS, TARGETS, Component, ComponentArtifact, Target
 from .quantize import Recipe, resolve_recipe
 
 #: The model ``mobilediff export`` exports when none is given (a name in ``models/``).
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "demo"
 DEFAULT_TARGETS: tuple[Target, ...] = ("tflite", "coreml")
 
 #: What each target's converter needs installed, for the error when it is missing.
@@ -160,7 +161,14 @@ def plan_recipes(
     return plan
 
 
-_REWRITE_SWITCHES = ("fuse_qkv", "gelu_tanh", "linear_as_conv", "fold_timesteps")
+_REWRITE_SWITCHES = (
+    "fuse_qkv",
+    "gelu_tanh",
+    "linear_as_conv",
+    "phase_upsample",
+    "winograd",
+    "fold_timesteps",
+)
 _REWRITE_CHOICES = {"attention": ("default", "split_heads", "sdpa"),
                     "group_norm": ("default", "decomposed")}  # fmt: skip
 _ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
@@ -173,10 +181,11 @@ def parse_rewrites(
     """``--rewrite [TARGET:]NAME[=VALUE]`` strings -> per-target changes to the defaults.
 
     NAME is a ``rewrite.RewriteOptions`` field: the switches ``fuse_qkv``, ``gelu_tanh``,
-    ``linear_as_conv``, ``fold_timesteps`` (VALUE on/off, default on), or ``attention``
-    (default, split_heads, sdpa) and ``group_norm`` (default, decomposed); ``none`` starts
-    from no rewrites instead of the target's defaults. Without TARGET a rewrite applies to
-    every mobile target being exported. Checked here, before any work.
+    ``linear_as_conv``, ``phase_upsample``, ``winograd``, ``fold_timesteps`` (VALUE on/off,
+    default on), or ``attention`` (default, split_heads, sdpa) and ``group_norm`` (default,
+    decomposed); ``none`` starts from no rewrites instead of the target's defaults. Without
+    TARGET a rewrite applies to every mobile target being exported. Checked here, before any
+    work.
     """
     targets = tuple(targets)
     mobile = [t for t in targets if t in MOBILE_TARGETS]
@@ -273,6 +282,7 @@ def export_bundle(
     progress: bool = True,
     negative_prompt: str = "",
     rewrites: Iterable[str] | None = None,
+    calibration_prompts: str | Path | None = None,
 ) -> Path:
     """Export ``model`` (default ``DEFAULT_MODEL``) to the bundle folder ``out``.
 
@@ -281,71 +291,141 @@ def export_bundle(
     ``steps``, ``sampler`` and ``guidance`` fix the sampling the manifest records (the
     model config's otherwise); guidance > 1 exports the UNet at batch 2. ``rewrites`` are
     ``[TARGET:]NAME[=VALUE]`` changes to each mobile target's default rewrites (see
-    ``parse_rewrites``). Everything is checked before the model is loaded; nothing is
-    left behind on failure.
+    ``parse_rewrites``). A full-integer recipe (LiteRT ``w8a8``) calibrates its activation
+    ranges on what the PyTorch pipeline feeds each network for the prompts in the file
+    ``calibration_prompts``, else in the model folder's ``calibration_prompts.txt``, else
+    on ``calibration.DEFAULT_PROMPTS``. Everything is checked before the model is loaded;
+    nothing is left behind on failure.
     """
-    from ..bundle import write_bundle
-    from ..checkpoints import load_model
-    from ..schedulers import make_sampler
-
     chosen_targets = parse_targets(targets)
     plan = plan_recipes(chosen_targets, recipe, parse_overrides(overrides))
     rewrite_changes = parse_rewrites(rewrites, chosen_targets)
-    converters = {target: load_converter(target) for target in chosen_targets}
     out = Path(out)
     if out.exists() and not force:
         raise MobileDiffError(f"{out} already exists; pass --force to replace it")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if calibration_prompts is not None:
+        from .calibration import read_prompts
 
-    bar = _StageProgress(len(COMPONENTS) * len(chosen_targets), enabled=progress)
-    try:
-        bar.stage("model", "load")
-        loaded = load_model(model if model is not None else DEFAULT_MODEL)
-        config = _with_sampling(loaded.config, steps, sampler, guidance)
-        chosen_sampler = make_sampler(config.pipeline, num_inference_steps=steps)
-        # None leaves a converter its own defaults (rewrite.DEFAULT_REWRITES[target]).
-        options = {
-            t: rewrite_options(t, rewrite_changes[t], chosen_sampler.timesteps)
-            if t in rewrite_changes
-            else None
-            for t in chosen_targets
-        }
-        with write_bundle(
-            out,
-            config=config,
-            tokenizer=loaded.tokenizer,
-            sampler=chosen_sampler,
-            source=loaded.source,
-            source_sha256=loaded.source_sha256,
-            negative_prompt=negative_prompt,
-            force=force,
-        ) as writer:
-            for component in COMPONENTS:
-                module = loaded.modules.pop(component)
-                for target in chosen_targets:
-                    bar.stage(f"{target}/{component}", f"convert ({plan[target, component].name})")
-                    started = time.perf_counter()
-                    artifact = converters[target](
-                        module,
-                        config,
-                        component,
-                        writer.path_for(target, component),
-                        plan[target, component],
-                        options[target],
-                    )
-                    artifact.details.setdefault(
-                        "export_seconds", round(time.perf_counter() - started, 2)
-                    )
-                    artifact.details.setdefault("peak_rss_bytes_so_far", _peak_rss_bytes())
-                    writer.add(artifact)
-                    bar.advance()
-                del module
-                gc.collect()
-            bar.stage("bundle", "hash and verify")
-    finally:
-        bar.close()
+        read_prompts(calibration_prompts)  # a bad file fails now, not after the model loads
+
+    # The converter tools print to fds 1/2 directly: captured, replayed only on failure.
+    with native_output_captured() as console:
+        converters = {target: load_converter(target) for target in chosen_targets}
+        bar = _StageProgress(len(COMPONENTS) * len(chosen_targets), progress, console)
+        try:
+            _export_components(
+                model,
+                out,
+                converters,
+                plan,
+                rewrite_changes,
+                bar,
+                sampling=(steps, sampler, guidance),
+                force=force,
+                negative_prompt=negative_prompt,
+                calibration_prompts=calibration_prompts,
+            )
+        finally:
+            bar.close()
     return out
+
+
+def _export_components(
+    model: str | Path | None,
+    out: Path,
+    converters: dict[Target, Converter],
+    plan: dict[tuple[Target, Component], Recipe],
+    rewrite_changes: dict[Target, dict[str, Any]],
+    bar: _StageProgress,
+    sampling: tuple[int | None, str | None, float | None],
+    force: bool,
+    negative_prompt: str,
+    calibration_prompts: str | Path | None = None,
+) -> None:
+    """``export_bundle``'s work once the options are checked: load, convert, write."""
+    from ..bundle import write_bundle
+    from ..checkpoints import load_model
+    from ..schedulers import make_sampler
+
+    chosen_targets = list(converters)
+    steps, sampler, guidance = sampling
+    bar.stage("model", "load")
+    loaded = load_model(model if model is not None else DEFAULT_MODEL)
+    config = _with_sampling(loaded.config, steps, sampler, guidance)
+    chosen_sampler = make_sampler(config.pipeline, num_inference_steps=steps)
+    # None leaves a converter its own defaults (rewrite.DEFAULT_REWRITES[target]).
+    options = {
+        t: rewrite_options(t, rewrite_changes[t], chosen_sampler.timesteps)
+        if t in rewrite_changes
+        else None
+        for t in chosen_targets
+    }
+    calibration = None
+    if any(t == "tflite" and needs_calibration(r) for (t, _), r in plan.items()):
+        bar.stage("model", "calibrate")
+        calibration = collect_export_calibration(
+            loaded, config, calibration_prompts, negative_prompt
+        )
+    with write_bundle(
+        out,
+        config=config,
+        tokenizer=loaded.tokenizer,
+        sampler=chosen_sampler,
+        source=loaded.source,
+        source_sha256=loaded.source_sha256,
+        negative_prompt=negative_prompt,
+        force=force,
+    ) as writer:
+        for component in COMPONENTS:
+            module = loaded.modules.pop(component)
+            for target in chosen_targets:
+                bar.stage(f"{target}/{component}", f"convert ({plan[target, component].name})")
+                started = time.perf_counter()
+                artifact = converters[target](
+                    module,
+                    config,
+                    component,
+                    writer.path_for(target, component),
+                    plan[target, component],
+                    options[target],
+                    **({"calibration": calibration} if target == "tflite" and calibration else {}),
+                )
+                artifact.details.setdefault(
+                    "export_seconds", round(time.perf_counter() - started, 2)
+                )
+                artifact.details.setdefault("peak_rss_bytes_so_far", _peak_rss_bytes())
+                writer.add(artifact)
+                bar.advance()
+            del module
+            gc.collect()
+        bar.stage("bundle", "hash and verify")
+
+
+def needs_calibration(recipe: Recipe) -> bool:
+    """Whether a LiteRT recipe needs activation ranges (full integer).
+
+    ``mixed`` measures on a few synthetic samples instead: a pipeline run of a paper-size
+    model would cost it minutes for two samples.
+    """
+    return recipe.activations == "int8"
+
+
+def collect_export_calibration(
+    loaded, config, prompts_file: str | Path | None = None, negative_prompt: str = ""
+):
+    """Calibration inputs from the PyTorch pipeline at the bundle's own sampling.
+
+    ``loaded`` is a ``checkpoints.LoadedModel``, ``config`` the config the bundle records.
+    """
+    from ..pipeline import Pipeline
+    from .calibration import calibration_prompts, collect_calibration
+
+    prompts, origin = calibration_prompts(loaded.source, prompts_file)
+    pipeline = replace(Pipeline.from_loaded(loaded), config=config)
+    calibration = collect_calibration(pipeline, prompts, negative_prompt=negative_prompt)
+    return replace(calibration, prompts_from=origin)
 
 
 def _peak_rss_bytes() -> int | None:
@@ -374,23 +454,35 @@ def _with_sampling(config, steps: int | None, sampler: str | None, guidance: flo
 
 
 class _StageProgress:
-    """A bar over the (target, component) conversions that names the current stage.
+    """Progress over the (target, component) conversions, naming the current stage.
 
-    Shown on a terminal only (stderr), like ``progress.progress_bar``.
+    On a terminal, a bar; in a pipe or a CI log, one line per stage with the time the
+    previous one took. ``stream`` is the original stderr (converter output is captured).
     """
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self._bar = None
-        if enabled and sys.stderr.isatty():
+    def __init__(self, total: int, enabled: bool, stream: TextIO) -> None:
+        self._bar, self._stream, self._enabled = None, stream, enabled
+        self._done, self._total = 0, total
+        self._started = time.perf_counter()
+        if enabled and stream.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc="export", unit="model", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc="export", unit="model", dynamic_ncols=True, file=stream
+            )
 
     def stage(self, what: str, stage: str) -> None:
         if self._bar is not None:
             self._bar.set_description(f"{what}: {stage}")
+        elif self._enabled:
+            elapsed = time.perf_counter() - self._started
+            self._stream.write(
+                f"export [{self._done}/{self._total}, {elapsed:.0f}s] {what}: {stage}\n"
+            )
+            self._stream.flush()
 
     def advance(self) -> None:
+        self._done += 1
         if self._bar is not None:
             self._bar.update(1)
 

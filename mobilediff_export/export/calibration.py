@@ -10,6 +10,14 @@ prompts and records every call of the three networks::
     unet           (latent model input, timestep, context) at every sampler step
     vae_decoder    the scaled final latents of each prompt
 
+The prompts should be what the model will be asked for: ranges calibrated on captions the
+model never saw put the int8 steps where its activations are not. ``calibration_prompts``
+takes them from a file (``mobilediff export --calibration-prompts FILE``), else from the
+model folder's own ``calibration_prompts.txt``, else ``DEFAULT_PROMPTS``; one prompt a
+line, ``#`` starts a comment. On the demo model, 32 of its own training captions instead
+of the three default prompts raise the w8a8 image PSNR over 11 held-out captions from
+11.9 to 18.7 dB at worst and from 21.1 to 23.7 dB at the median (tflite_quantize).
+
 A converter that is given no calibration falls back to ``synthetic_calibration``:
 tokenized prompts for the text encoder, noise at the sampler's own noise levels and
 unit-variance contexts (what CLIP's final LayerNorm produces) for the UNet, and latents of
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,7 +37,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import MobileDiffError
+from ..errors import ConfigError, MobileDiffError
 from .artifacts import Component
 from .signatures import component_io
 
@@ -37,6 +46,42 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "a watercolor painting of a lighthouse at dusk",
     "a close-up photo of a red fox in the snow, detailed fur",
 )
+
+
+#: The file in a model folder that holds the model's own calibration prompts.
+PROMPTS_FILE = "calibration_prompts.txt"
+
+
+def read_prompts(path: str | Path) -> tuple[str, ...]:
+    """Prompts from a UTF-8 text file: one a line; blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the calibration prompts {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the calibration prompts {path} are not UTF-8 text") from None
+    lines = (line.strip() for line in text.splitlines())
+    prompts = tuple(line for line in lines if line and not line.startswith("#"))
+    if not prompts:
+        raise ConfigError(f"{path} holds no calibration prompts (one prompt a line)")
+    return prompts
+
+
+def calibration_prompts(
+    source: str | Path | None = None, prompts_file: str | Path | None = None
+) -> tuple[tuple[str, ...], str]:
+    """The prompts to calibrate on and where they came from (see the module docstring).
+
+    ``source`` is the model's folder (``LoadedModel.source``); ``prompts_file`` wins.
+    """
+    if prompts_file is not None:
+        return read_prompts(prompts_file), str(prompts_file)
+    if source is not None and not str(source).startswith("config:"):
+        own = Path(source) / PROMPTS_FILE
+        if own.is_file():
+            return read_prompts(own), str(own)
+    return DEFAULT_PROMPTS, "default"
 
 
 @dataclass
@@ -49,17 +94,22 @@ class Calibration:
     samples: dict[str, list[tuple[np.ndarray, ...]]] = field(default_factory=dict)
     source: Literal["pipeline", "synthetic"] = "pipeline"
     prompts: tuple[str, ...] = ()
+    prompts_from: str = ""
+    """Where the prompts came from: a file, or ``default`` (``calibration_prompts``)."""
 
     def for_component(self, component: Component, limit: int | None = None):
         samples = self.samples.get(component, [])
         return samples if limit is None else samples[:limit]
 
     def describe(self, component: Component) -> dict[str, object]:
-        return {
+        described: dict[str, object] = {
             "source": self.source,
             "samples": len(self.samples.get(component, [])),
             "prompts": list(self.prompts),
         }
+        if self.prompts_from:
+            described["prompts_from"] = self.prompts_from
+        return described
 
 
 class _Recorder(nn.Module):
@@ -87,6 +137,7 @@ def collect_calibration(
     prompts: tuple[str, ...] = DEFAULT_PROMPTS,
     steps: int | None = None,
     seed: int = 0,
+    negative_prompt: str = "",
 ) -> Calibration:
     """Run ``pipeline`` (a ``pipeline.Pipeline``) on ``prompts``, recording every input."""
     recorders = {
@@ -96,7 +147,9 @@ def collect_calibration(
     }
     recording = dataclasses.replace(pipeline, **recorders)
     for i, prompt in enumerate(prompts):
-        recording(prompt, steps=steps, seed=seed + i, output_type="np")
+        recording(
+            prompt, steps=steps, seed=seed + i, negative_prompt=negative_prompt, output_type="np"
+        )
     samples: dict[str, list[tuple[np.ndarray, ...]]] = {}
     # The text encoder runs [negative, prompt] as one batch; its LiteRT signature is batch 1.
     samples["text_encoder"] = [

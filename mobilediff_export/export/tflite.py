@@ -28,6 +28,7 @@ the artifact carry the names the file really has.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import sys
@@ -43,6 +44,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, MobileDiffError
+from ..fileio import usual_file_mode
 from . import tflite_quantize
 from .artifacts import Component, ComponentArtifact, TensorSpec
 from .calibration import Calibration, synthetic_calibration
@@ -112,11 +114,6 @@ def convert_tflite(
     if needs_data and calibration is None:
         calibration = synthetic_calibration(config, component)
     float_scopes: list[str] = []
-    unquantized: list[str] = []
-    if recipe.activations == "int8":  # full integer: the timestep path stays float
-        unquantized = tflite_quantize.time_path(wrapper)
-        if unquantized:
-            details["float_ops"] = "the timestep path (sinusoid, time MLP, SiLU)"
     if recipe.sensitive_fp16:
         float_scopes = _sensitive_scopes(
             wrapper, io, component, calibration, options, mixed_float_fraction, details
@@ -135,10 +132,14 @@ def convert_tflite(
         if recipe.weights != "fp32":
             started = time.perf_counter()
             result_path = _temp_beside(out_path, "quantized", temps)
-            feeds = None
+            feeds, unquantized = None, []
             if recipe.activations == "int8":
                 feeds = {signature: _feeds(calibration, component, io, options)}
                 details["calibration"] = calibration.describe(component)
+                # Full integer but for the ops int8 cannot carry; every one is listed.
+                kept = tflite_quantize.full_integer_float_ops(float_path, signature)
+                unquantized = [tflite_quantize.float_op_regex(op) for op in kept]
+                details["float_ops"] = [dataclasses.asdict(op) for op in kept]
             with quiet_tools():
                 facts = tflite_quantize.quantize_tflite(
                     float_path,
@@ -245,6 +246,7 @@ def quiet_tools() -> Iterator[None]:
 def _temp_beside(dest: Path, tag: str, temps: list[Path]) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{tag}.", suffix=".partial", dir=dest.parent)
     os.close(fd)
+    os.chmod(name, usual_file_mode())  # the final .tflite is this file renamed
     temps.append(Path(name))
     return Path(name)
 
@@ -400,14 +402,18 @@ def _sensitive_scopes(
         )
         for g in groups
     ]
-    errors = tflite_quantize.measure_sensitivity(net, bare, samples)
+    errors, metric = tflite_quantize.measure_sensitivity(net, bare, samples)
     chosen = tflite_quantize.choose_float_groups(groups, errors, fraction)
     details["calibration"] = calibration.describe(component)
     details["mixed"] = {
         "float_fraction": fraction,
         "groups": len(groups),
         "samples": len(samples),
-        "metric": "relative L2 error of the output with only that group int8",
+        "metric": {
+            "output": "relative L2 error of the output with only that group's weights int8",
+            "group_output": "relative L2 error of the group's own output with its weights "
+            "int8 (the end-to-end measurement would have taken too long)",
+        }[metric],
         "float_groups": [{"module": bare[i].path, "error": round(errors[i], 6)} for i in chosen],
         "median_error": round(float(np.median(errors)), 6) if errors else None,
         "measure_seconds": round(time.perf_counter() - started, 2),

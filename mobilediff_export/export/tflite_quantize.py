@@ -26,25 +26,64 @@ convolution, 36 MiB); ``_large_weights_as_2d`` quantizes those weights as a 2-D
 arithmetic on the same numbers.
 
 ``w8a8`` keeps the signature float (one QUANTIZE after each input, one DEQUANTIZE before
-each output) and the UNet's timestep path float (``time_path``: a timestep of 0..999 and
-sinusoid angles up to ~1000 rad have no useful per-tensor int8 form); everything else is
-int8. The tools handle these graphs, but per-tensor int8 activations cost accuracy: on the
-tiny random-weight model, relative L2 error 0.04 (text encoder), 0.08 (decoder) and 0.3
-(UNet) even when calibrated on the very input measured. It is there for NPUs that need
-full integer, not as a quality recipe; int8-dynamic is the CPU default.
+each output) and the few ops that per-tensor int8 cannot carry, found from the graph
+(``full_integer_float_ops``) and each listed in the artifact's ``details["float_ops"]``:
+
+- the UNet's timestep path, from the timestep input to each block's time bias (the
+  sinusoid, the time MLP and its SiLU, every ``time_emb_proj``: 27 ops on (1, C) vectors
+  in the demo UNet, about 1 MB of float32 weights);
+- CLIP's masked softmax: in each layer the ADD of the causal mask and its SOFTMAX (the
+  mask's large negative constant leaves the logits one int8 step).
+
+Everything else is int8, ranges from the calibration inputs (``calibration``: the PyTorch
+pipeline run on prompts the model knows). Measured on the demo model (models/demo, 8 DDIM
+steps): ``mobilediff validate`` PSNR in dB against PyTorch (w8a8 needs >= 20 for each
+component and the image), and the image PSNR over 11 held-out captions (the validate
+prompt and 10 of the validation split, seeds 0-10)::
+
+    checkpoint  float ops / calibration         text enc.  UNet  decoder  image  11 captions
+                                                                                 min  median
+    01:37       timestep path by name (*),        23.9     20.0    28.0    10.4   4.9  10.4
+                synthetic
+    01:37       from the graph, 3 generic         43.9     27.4    21.7    30.0  11.9  21.1
+    01:37       from the graph, 32 demo captions  45.4     28.1    24.3    23.7  18.7  23.7
+    02:37       from the graph, 32 demo captions  45.4     25.6    24.7    21.4  14.6  24.7
+
+(*) ai_edge_quantizer 0.10 matches its recipes against op scopes that end in ``;``; the
+name regexes this replaced never matched, so the timestep (0..999) and sinusoid angles
+(up to ~1000 rad) ran int8, in steps of ~4. Calibrating on demo captions with that miss
+left the image at 8.6 dB; the masked softmax alone takes the text encoder from 23.9 to
+45.4 dB (and, with only the text encoder int8, the image from 9 to 38 dB). One prompt's
+figure swings by several dB with the calibration set and the checkpoint; the model's own
+captions lift the worst and the median. Weak spots left: the int8 decoder on white or
+orange backgrounds (19.9 dB on one with only the decoder int8; 22.6 dB with its
+GroupNorms float, which an NPU would run on the CPU), and the validate prompt's margin.
+Int8 weight-only time-path FCs (3.3 instead of 4.2 MB) cost ~2 dB of the UNet-only image.
+
+Ranges are ai_edge_quantizer's moving average (0.95 old, 0.05 new) of each sample's min
+and max, so mostly those of the last ~20 samples. The true extremes over all samples
+(``qsv_utils.min_max_update``) measured better on the 02:37 checkpoint (components 47.3 /
+36.2 / 32.9 dB, 11-caption median 30.7, worst 18.0) but put the validate prompt itself
+at 18.0 dB, so they are not used. Exporting the demo model took 75-340 s on two shared,
+busy cores, 2 s (3 prompts) to 25-295 s (32 captions) of it the PyTorch calibration run.
+It is there for NPUs that need full integer, not as a quality recipe; int8-dynamic is
+the CPU default.
 
 The mixed recipe measures, in PyTorch, how much each layer group (a resnet, an attention,
 a feed-forward, a projection) hurts the component's output when only its weights are
 int8 (symmetric per-channel, as the quantizer does them), on calibration inputs; the
-worst fraction stays fp16. LiteRT names each op after the PyTorch module path it came
-from, which is how a group becomes an op scope.
+worst fraction stays fp16. Where one forward per group would take too long (a paper-size
+UNet), each group is measured at its own output instead, in one pass. LiteRT names each
+op after the PyTorch module path it came from, which is how a group becomes an op scope.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -58,7 +97,6 @@ from torch import Tensor, nn
 from ..errors import ConfigError, MobileDiffError
 from ..models import layers
 from ..models.text_encoder import CLIPMLP, CLIPAttention
-from ..models.unet import UNet
 from . import rewrite
 from .quantize import Recipe
 
@@ -70,6 +108,10 @@ MIXED_FLOAT_FRACTION = 0.1
 
 #: Calibration samples the mixed recipe measures each group on (each costs a forward).
 MIXED_SAMPLES = 2
+
+#: Longest the mixed recipe's end-to-end sensitivity measurement may take before it
+#: measures each group at its own output instead (``measure_sensitivity``).
+MIXED_BUDGET_SECONDS = 180.0
 
 
 class QuantizationError(MobileDiffError):
@@ -187,10 +229,11 @@ def quantize_tflite(
     """Quantize the float model ``src`` into ``dst`` by ``recipe``; returns facts for reports.
 
     ``float_scopes`` are LiteRT op-name prefixes (PyTorch module paths) kept in fp16;
-    ``unquantized`` are op-name regexes left entirely float (see ``time_path``);
+    ``unquantized`` are op-scope regexes left entirely float (``float_op_regex``);
     ``calibration`` maps a signature key to its input dicts (needed by ``w8a8``).
     """
     from ai_edge_quantizer import quantizer as aeq
+    from ai_edge_quantizer.calibrator import CalibrationMode
 
     qt = aeq.Quantizer(str(src))
     _configure(qt, recipe, float_scopes, unquantized)
@@ -204,7 +247,13 @@ def quantize_tflite(
                     f"recipe {recipe.name} needs calibration inputs and got none"
                 )
             try:
-                result = qt.calibrate(calibration)
+                result = qt.calibrate(
+                    calibration,
+                    num_threads=os.cpu_count() or 1,
+                    # Keeping every intermediate tensor (the default) needs 17 GiB for a
+                    # paper-size UNet; the profiler records ranges as the model runs.
+                    mode=CalibrationMode.CALIBRATION_PROFILER_BASED,
+                )
             except Exception as exc:  # the tool's own message names the op it cannot run
                 raise QuantizationError(
                     f"recipe {recipe.name}: ai_edge_quantizer could not calibrate this graph: "
@@ -302,35 +351,76 @@ def layer_groups(root: nn.Module) -> list[LayerGroup]:
     return groups
 
 
-def time_path(root: nn.Module) -> list[str]:
-    """Op-name regexes of a UNet's timestep path, which full-integer models keep float.
+@dataclass(frozen=True)
+class FloatOp:
+    """One op a full-integer model keeps float, and why (recorded in the artifact)."""
 
-    The timestep (0..999) and the sinusoid's angles (up to ~1000 rad) lose everything in a
-    per-tensor int8 (steps of ~4 in the angle); the few ops from the timestep to the time
-    embedding (the sinusoid, the time MLP, its SiLU; with ``fold_timesteps`` the table
-    gather) are cheap and stay float. They are the ops at the UNet's own level, outside any
-    submodule, and the ``TimestepEmbedding`` module.
+    op: str
+    """The LiteRT op type (``SOFTMAX``, ``FULLY_CONNECTED``, ...)."""
+    scope: str
+    """Its output tensor names joined by ``;``: what ai_edge_quantizer matches recipes on."""
+    reason: str
+
+
+#: Names of the UNet's timestep input (``step_index`` with the fold_timesteps rewrite).
+TIMESTEP_INPUTS = ("timestep", "step_index")
+
+TIMESTEP_PATH = "timestep path"
+MASKED_SOFTMAX = "masked softmax"
+
+
+def full_integer_float_ops(path: Path, signature: str) -> list[FloatOp]:
+    """The ops of the float model ``path`` that ``w8a8`` keeps float, found in its graph.
+
+    - ``timestep path``: every op whose inputs come from the timestep input alone (the
+      sinusoid, the time MLP and its SiLU, each resnet's ``time_emb_proj``; the table
+      gather with ``fold_timesteps``). A timestep of 0..999 and angles up to ~1000 rad have
+      no useful per-tensor int8 form (steps of ~4 in the angle), and the per-block time
+      biases span every timestep's range; all of it is a few (1, C) vectors.
+    - ``masked softmax``: a SOFTMAX fed by an ADD (CLIP's causal mask) and that ADD. The
+      mask's large negative constant stretches the per-tensor int8 range of the logits
+      until every real logit rounds to one value.
+
+    Found from the graph, not from names: the converter's tensor names are a convention
+    that an edit of the network or a tool update can change without a sound.
     """
-    regexes = []
-    unets = (UNet, rewrite.FoldedTimestepUNet)
-    for group in layer_groups(root):
-        if isinstance(root.get_submodule(group.path), layers.TimestepEmbedding):
-            regexes.append("^" + re.escape(group.scope) + "(?:[/;]|$)")
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    def visit(module: nn.Module, scope: str) -> None:
-        for name, child in module.named_children():
-            cls = type(child)
-            child_scope = f"{scope}/{cls.__module__}.{cls.__qualname__}_{name}"
-            if isinstance(child, unets):
-                regexes.append("^" + re.escape(child_scope) + r";\d+$")
-            elif not isinstance(child, nn.ModuleList | nn.ModuleDict):
-                visit(child, child_scope)
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    inputs = interpreter._get_full_signature_list()[signature]["inputs"]
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # in execution order
 
-    cls = type(root)
-    if isinstance(root, unets):
-        regexes.append("^" + re.escape(f"{cls.__module__}.{cls.__qualname__}") + r";\d+$")
-    visit(root, f"{cls.__module__}.{cls.__qualname__}")
-    return regexes
+    def record(op: dict[str, Any], reason: str) -> FloatOp:
+        scope = ";".join(names[i] for i in op["outputs"] if i >= 0)
+        return FloatOp(op["op_name"], scope, reason)
+
+    timed = {index for name, index in inputs.items() if name in TIMESTEP_INPUTS}
+    rest = {index for name, index in inputs.items() if name not in TIMESTEP_INPUTS}
+    kept: list[FloatOp] = []
+    for op in ops:
+        sources = [i for i in op["inputs"] if i >= 0]
+        if any(i in rest for i in sources):
+            rest.update(op["outputs"])
+        elif any(i in timed for i in sources):
+            timed.update(op["outputs"])
+            kept.append(record(op, TIMESTEP_PATH))
+    produced_by = {out: op for op in ops for out in op["outputs"]}
+    for op in ops:
+        if op["op_name"] != "SOFTMAX":
+            continue
+        source = produced_by.get(op["inputs"][0])
+        if source is not None and source["op_name"] == "ADD":
+            kept += [record(source, MASKED_SOFTMAX), record(op, MASKED_SOFTMAX)]
+    return kept
+
+
+def float_op_regex(op: FloatOp) -> str:
+    """The recipe regex for exactly ``op`` (ai_edge_quantizer adds a trailing ``;``)."""
+    return "^" + re.escape(op.scope) + ";?$"
 
 
 def _fake_int8(weight: Tensor) -> Tensor:
@@ -342,26 +432,80 @@ def _fake_int8(weight: Tensor) -> Tensor:
 
 @torch.no_grad()
 def measure_sensitivity(
-    module: nn.Module, groups: list[LayerGroup], samples: list[tuple[Tensor, ...]]
-) -> list[float]:
-    """Per group: relative output error ||y_q - y|| / ||y|| with only that group in int8.
+    module: nn.Module,
+    groups: list[LayerGroup],
+    samples: list[tuple[Tensor, ...]],
+    budget_seconds: float = MIXED_BUDGET_SECONDS,
+) -> tuple[list[float], str]:
+    """Per group, how much int8 weights in that group alone hurt; and which metric it was.
 
-    Averaged over ``samples``; the rest of the network stays float, so each figure is what
-    that group alone costs.
+    ``"output"``: relative error ||y_q - y|| / ||y|| of the network's output with only that
+    group's weights int8, averaged over ``samples`` (one forward per group and sample).
+    When that would take longer than ``budget_seconds`` (a paper-size UNet has ~100 groups
+    and a forward of seconds), ``"group_output"``: the same ratio at each group's own
+    output, all groups in one pass per sample. It ranks what a group does to its own
+    result rather than what survives to the end, at the cost of two forwards in all.
     """
+    started = time.perf_counter()
+    references = [module(*s) for s in samples]
+    forward_seconds = (time.perf_counter() - started) / max(1, len(samples))
+    if forward_seconds * len(groups) * len(samples) > budget_seconds:
+        return _group_output_errors(module, groups, samples), "group_output"
     from torch.func import functional_call
 
     params = dict(module.named_parameters())
-    references = [module(*s) for s in samples]
     errors = []
     for group in groups:
         swapped = {name: _fake_int8(params[name]) for name in group.weights}
         total = 0.0
         for sample, ref in zip(samples, references, strict=True):
             out = functional_call(module, swapped, sample)
-            total += float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+            total += _relative_error(out, ref)
         errors.append(total / len(samples))
-    return errors
+    return errors, "output"
+
+
+def _relative_error(out: Tensor, ref: Tensor) -> float:
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _group_output_errors(
+    module: nn.Module, groups: list[LayerGroup], samples: list[tuple[Tensor, ...]]
+) -> list[float]:
+    """Each group run a second time with int8 weights, on its own float inputs (hooks)."""
+    from torch.func import functional_call
+
+    totals = [0.0] * len(groups)
+    calls = [0] * len(groups)
+    busy = [False]  # the quantized re-run calls the module again: no hook then
+    handles = []
+    for i, group in enumerate(groups):
+        sub = module.get_submodule(group.path)
+        prefix = f"{group.path}."
+        swapped = {
+            name.removeprefix(prefix): _fake_int8(module.get_parameter(name))
+            for name in group.weights
+        }
+
+        def hook(mod, args, kwargs, output, i=i, swapped=swapped):
+            if busy[0]:
+                return
+            busy[0] = True
+            try:
+                quantized = functional_call(mod, swapped, args, kwargs)
+            finally:
+                busy[0] = False
+            totals[i] += _relative_error(quantized, output)
+            calls[i] += 1
+
+        handles.append(sub.register_forward_hook(hook, with_kwargs=True))
+    try:
+        for sample in samples:
+            module(*sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [t / c if c else 0.0 for t, c in zip(totals, calls, strict=True)]
 
 
 def choose_float_groups(
