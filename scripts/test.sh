@@ -8,9 +8,9 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"
-# The Kotlin core also loads and verifies a real exported bundle (tiny model, LiteRT).
+# The Kotlin core also loads and verifies a real exported bundle (the demo model, LiteRT).
 bundle_dir=$(mktemp -d)
 trap 'rm -rf "$bundle_dir"' EXIT
-.venv/bin/mobilediff export --model tiny --target tflite -o "$bundle_dir/bundle" >/dev/null
+.venv/bin/mobilediff export --target tflite -o "$bundle_dir/bundle" >/dev/null
 MOBILEDIFF_BUNDLE="$bundle_dir/bundle" bash scripts/test_android.sh
 bash scripts/test_ios.sh
