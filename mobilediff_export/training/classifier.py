@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..fileio import atomic_write_text
 from .config import Recipe
 from .data import LABEL_HEADS, Scene, checked_heads
-from .loop import learning_rate, optimizer_step, randn, set_lr
+from .loop import adamw, learning_rate, optimizer_step, randn, set_lr
 from .outputs import save_safetensors
 from .runtime import Runtime, unwrap
 from .vae import batch_indices, make_data
@@ -140,9 +140,7 @@ class ClassifierTraining:
             torch.manual_seed(recipe.data.seed + 5)
             model = CaptionClassifier()
         self.model = runtime.wrap(model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.loop.lr, weight_decay=self.loop.weight_decay
-        )
+        self.optimizer = adamw(self.model, self.loop)
 
     @property
     def total_steps(self) -> int:

@@ -28,19 +28,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints import load_model
 from ..config import ModelConfig
 from .config import Recipe
-from .diffusion import Schedule, guided, step_grid
-from .loop import EMA, learning_rate, optimizer_step, randn, set_lr
+from .diffusion import guided, step_grid
+from .loop import EMA, adamw, learning_rate, optimizer_step, randn, set_lr
 from .outputs import save_model
 from .runtime import Runtime, unwrap
-from .vae import LatentEncoder, batch_indices, make_data
+from .upstream import FromUpstream
+from .vae import batch_indices
 
 STREAM = 3
 
 
-class Distillation:
+class Distillation(FromUpstream):
     """Stage (c); see the module docstring."""
 
     name = "distill"
@@ -48,21 +48,11 @@ class Distillation:
     def __init__(self, recipe: Recipe, run_dir: Path, runtime: Runtime) -> None:
         self.recipe, self.run_dir, self.runtime = recipe, run_dir, runtime
         self.loop = recipe.distill
-        self.data = make_data(recipe)
-        teacher = load_model(run_dir / "teacher" / "model")
-        self.config = teacher.config
-        self.tokenizer = teacher.tokenizer
-        self.text_encoder = teacher.modules["text_encoder"].to(runtime.device)
-        self.vae_decoder = teacher.modules["vae_decoder"]
-        self.teacher = teacher.modules["unet"].to(runtime.device)
-        self.latents = LatentEncoder.load(run_dir, recipe.model.vae_decoder, runtime.device)
-        self.schedule = Schedule(self.config.pipeline, runtime.device)
+        self.teacher = self.load_upstream(recipe, run_dir, runtime, "teacher")
         student = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.ema = EMA(student, self.loop.ema_decay) if self.loop.ema_decay > 0 else None
         self.student = runtime.wrap(student)
-        self.optimizer = torch.optim.AdamW(
-            self.student.parameters(), lr=self.loop.lr, weight_decay=self.loop.weight_decay
-        )
+        self.optimizer = adamw(self.student, self.loop)
         self.scaler = runtime.grad_scaler()
         self.round_teacher: nn.Module | None = None  # the previous round's student
         with torch.no_grad():

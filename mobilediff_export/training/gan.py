@@ -34,17 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoints import load_model
 from ..config import ModelConfig
 from ..models.layers import timestep_embedding
 from ..models.unet import UNet
 from ..schedulers import make_sampler
 from .config import Recipe
-from .diffusion import Schedule, generate_latents
+from .diffusion import generate_latents
 from .loop import learning_rate, optimizer_step, randn, set_lr
 from .outputs import save_model
 from .runtime import Runtime, unwrap
-from .vae import LatentEncoder, batch_indices, make_data
+from .upstream import FromUpstream
+from .vae import batch_indices
 
 STREAM = 4
 POOL_STREAM = 40
@@ -84,7 +84,7 @@ class UNetDiscriminator(nn.Module):
         return self.head(h).flatten(1)
 
 
-class DiffusionGAN:
+class DiffusionGAN(FromUpstream):
     """Stage (d); see the module docstring."""
 
     name = "gan"
@@ -92,15 +92,7 @@ class DiffusionGAN:
     def __init__(self, recipe: Recipe, run_dir: Path, runtime: Runtime) -> None:
         self.recipe, self.run_dir, self.runtime = recipe, run_dir, runtime
         self.loop = recipe.gan
-        self.data = make_data(recipe)
-        student = load_model(run_dir / "distill" / "model")
-        self.config = student.config
-        self.tokenizer = student.tokenizer
-        self.text_encoder = student.modules["text_encoder"].to(runtime.device)
-        self.vae_decoder = student.modules["vae_decoder"]
-        self.student = student.modules["unet"].to(runtime.device)
-        self.latents = LatentEncoder.load(run_dir, recipe.model.vae_decoder, runtime.device)
-        self.schedule = Schedule(self.config.pipeline, runtime.device)
+        self.student = self.load_upstream(recipe, run_dir, runtime, "distill")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.data.seed + 4)
             disc = UNetDiscriminator(self.student)

@@ -129,6 +129,11 @@ class EMA:
             ema.copy_(b)
 
 
+def adamw(module: nn.Module, loop: LoopConfig) -> torch.optim.AdamW:
+    """The stages' optimizer: AdamW at the stage's learning rate and weight decay."""
+    return torch.optim.AdamW(module.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+
+
 def optimizer_step(
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,

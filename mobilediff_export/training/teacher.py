@@ -27,7 +27,7 @@ from ..models.text_encoder import CLIPTextEncoder
 from ..models.unet import UNet
 from .config import Recipe
 from .diffusion import Schedule
-from .loop import EMA, learning_rate, optimizer_step, randn, set_lr
+from .loop import EMA, adamw, learning_rate, optimizer_step, randn, set_lr
 from .outputs import save_model, tokenizer_for
 from .runtime import Runtime, unwrap
 from .vae import LatentEncoder, batch_indices, load_decoder, make_data
@@ -68,9 +68,7 @@ class TeacherTraining:
             model = TextToImage(recipe.model)
         self.ema = EMA(model, self.loop.ema_decay)
         self.model = runtime.wrap(model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.loop.lr, weight_decay=self.loop.weight_decay
-        )
+        self.optimizer = adamw(self.model, self.loop)
         self.scaler = runtime.grad_scaler()
 
     @property

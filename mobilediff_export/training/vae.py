@@ -40,7 +40,7 @@ from ..models.layers import Downsample, ResnetBlock
 from ..models.vae_decoder import VAE_NORM_EPS, VAEDecoder, VAEMidBlock
 from .config import Recipe
 from .data import SyntheticShapes, contact_sheet
-from .loop import learning_rate, optimizer_step, randn, set_lr
+from .loop import adamw, learning_rate, optimizer_step, randn, set_lr
 from .outputs import save_safetensors, to_uint8
 from .runtime import Runtime, unwrap
 
@@ -180,9 +180,7 @@ class VAETraining:
             torch.manual_seed(recipe.data.seed)
             model = Autoencoder(recipe.model.vae_decoder)
         self.model = runtime.wrap(model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.loop.lr, weight_decay=self.loop.weight_decay
-        )
+        self.optimizer = adamw(self.model, self.loop)
         self.scaler = runtime.grad_scaler()
 
     @property
