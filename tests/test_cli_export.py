@@ -146,6 +146,31 @@ def test_export_missing_converter(capsys, tmp_path, monkeypatch):
     assert_one_line_error(code, err, "coreml converter is not part of this installation")
 
 
+def test_a_converter_crash_is_one_line_and_leaves_nothing(capfd, tmp_path, monkeypatch):
+    """A converter tool's own exception (coremltools, litert-torch...) is not a traceback."""
+    import os
+
+    import mobilediff_export.export as export_module
+
+    def load_converter(target):
+        def crash(*_args, **_kwargs):
+            os.write(2, b"E0000 tool chatter before the crash\n")
+            raise ValueError("compression config conflict detected between ops\nmore detail")
+
+        return crash
+
+    monkeypatch.setattr(export_module, "load_converter", load_converter)
+    out = tmp_path / "b"
+    code = main(["export", "--model", "tiny", "--target", "tflite", "-o", str(out)])
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "tflite/text_encoder" in last and "ValueError: compression config conflict" in last
+    assert "more detail" not in last
+    assert "tool chatter before the crash" in err  # the captured tail is replayed
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ inspect
 
 

@@ -99,3 +99,16 @@ def test_demo_bundle_meets_the_export_thresholds(recipe, tmp_path):
         assert image >= 35.0
     else:
         assert figures["unet"]["recipe"] == "int8-weight" and image >= 30.0
+
+
+@pytest.mark.slow
+def test_the_default_export_of_the_demo_validates(tmp_path):
+    """`mobilediff export` with no options: the demo, LiteRT and Core ML, default recipes
+    (Core ML's int8 UNet once failed on a constant coremltools had merged)."""
+    from mobilediff_export import export_bundle, validate_bundle
+
+    bundle = export_bundle(out=tmp_path / "bundle", progress=False)
+    report = validate_bundle(bundle, num_threads=2)
+    assert report["passed"], report["failures"]
+    assert all(c["linux_checks_passed"] for c in report["coreml"].values())
+    assert report["pipeline"]["tflite"]["psnr_db"] >= 25.0

@@ -50,8 +50,14 @@ _TARGET_PACKAGES = {
 
 Converter = Callable[..., ComponentArtifact]
 
+
+class ConversionError(MobileDiffError):
+    """A converter tool (litert-torch, ai_edge_quantizer, coremltools, torch.onnx) failed."""
+
+
 __all__ = [
     "DEFAULT_MODEL",
+    "ConversionError",
     "DEFAULT_TARGETS",
     "export_bundle",
     "load_converter",
@@ -383,15 +389,26 @@ def _export_components(
             for target in chosen_targets:
                 bar.stage(f"{target}/{component}", f"convert ({plan[target, component].name})")
                 started = time.perf_counter()
-                artifact = converters[target](
-                    module,
-                    config,
-                    component,
-                    writer.path_for(target, component),
-                    plan[target, component],
-                    options[target],
-                    **({"calibration": calibration} if target == "tflite" and calibration else {}),
-                )
+                recipe = plan[target, component]
+                extra = {"calibration": calibration} if target == "tflite" and calibration else {}
+                try:
+                    artifact = converters[target](
+                        module,
+                        config,
+                        component,
+                        writer.path_for(target, component),
+                        recipe,
+                        options[target],
+                        **extra,
+                    )
+                except MobileDiffError:
+                    raise
+                except Exception as exc:  # a converter tool's own failure: one line, no trace
+                    first = (str(exc).strip().splitlines() or [""])[0][:300]
+                    raise ConversionError(
+                        f"{target}/{component} ({recipe.name}): the converter failed with "
+                        f"{type(exc).__name__}: {first} (MOBILEDIFF_VERBOSE=1 shows its output)"
+                    ) from exc
                 artifact.details.setdefault(
                     "export_seconds", round(time.perf_counter() - started, 2)
                 )

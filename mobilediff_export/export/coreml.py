@@ -171,6 +171,11 @@ def convert_coreml(
     # mixed must first measure the uncompressed model, so it compresses afterwards.
     compress_now = recipe.weights in ("int8", "palettized") and not recipe.sensitive_fp16
     pipeline = ct.PassPipeline.DEFAULT
+    if recipe.weights in ("int8", "palettized"):
+        # Deduplication makes equal constants one (a conv's zero bias and a batch_norm's
+        # zero mean, in the demo UNet); compressing one op's and not the other's is then
+        # a "compression config conflict" and the whole conversion fails.
+        pipeline.remove_passes(["common::const_deduplication"])
     if compress_now:
         pass_name, compression = _compression(recipe)
         pipeline.append_pass(pass_name)
