@@ -57,8 +57,8 @@ class ConversionError(MobileDiffError):
 
 __all__ = [
     "DEFAULT_MODEL",
-    "ConversionError",
     "DEFAULT_TARGETS",
+    "ConversionError",
     "export_bundle",
     "load_converter",
     "parse_overrides",
