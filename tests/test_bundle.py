@@ -28,7 +28,7 @@ from mobilediff_export.bundle import (
 )
 from mobilediff_export.checkpoints import load_model
 from mobilediff_export.errors import MobileDiffError
-from mobilediff_export.export import export_bundle, plan_recipes
+from mobilediff_export.export import ConversionError, export_bundle, plan_recipes
 from mobilediff_export.export.signatures import unet_batch
 from mobilediff_export.schedulers import make_sampler
 
@@ -158,7 +158,7 @@ def test_inspect_summary_and_text(mixed_bundle):
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     use_fake_converters(monkeypatch, fail_on="unet")
     out = tmp_path / "bundle"
-    with pytest.raises(RuntimeError, match="converter failed"):
+    with pytest.raises(ConversionError, match=r"tflite/unet .* RuntimeError: converter failed"):
         export_bundle("tiny", out, targets=["tflite"], progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -199,7 +199,7 @@ def test_force_keeps_the_old_bundle_when_the_new_one_fails(tmp_path, monkeypatch
     export_bundle("tiny", out, targets=["tflite"], progress=False)
     before = (out / MANIFEST).read_bytes()
     use_fake_converters(monkeypatch, fail_on="vae_decoder")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConversionError, match="vae_decoder"):
         export_bundle("tiny", out, targets=["tflite"], progress=False, force=True)
     assert (out / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

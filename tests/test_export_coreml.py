@@ -302,6 +302,23 @@ def test_unet_with_folded_timesteps_takes_a_step_index(tiny, tmp_path):
     }
 
 
+def test_demo_text_encoder_palettized_to_4_bits_passes_the_checks(tmp_path):
+    """Regression: every q projection of the demo keeps its weight (0.25 folded in, then a
+    4-bit LUT); the check once refused layer 2's as off by an unexplained factor."""
+    demo = load_model("demo")
+    module = demo.modules["text_encoder"]
+    out = tmp_path / "TextEncoder.mlpackage"
+    recipe = get_recipe("palettize-4bit")
+    artifact = convert_coreml(module, demo.config, "text_encoder", out, recipe, None)
+    checked = check_coreml(out, entry_of(artifact), module, demo.config, "text_encoder")
+    assert checked["passed"], checked["problems"]
+    rebuilt = checked["checks"]["rebuilt_weights"]
+    assert rebuilt["parameters_unmapped"] == []
+    layers = demo.config.text_encoder.num_layers
+    scaled = {n for n in rebuilt["folded_scales"] if n.endswith("attn.to_q.weight")}
+    assert len(scaled) == layers, rebuilt["folded_scales"]
+
+
 # ------------------------------------------------------------------ mapping weights back
 
 
@@ -313,6 +330,51 @@ def test_a_weight_scaled_by_an_attention_scale_is_found_and_unscaled():
     )
     assert (name, factor) == ("op_7_weight", 0.25)
     assert torch.allclose(value, original)
+
+
+def _heavy_tailed(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Laplace-distributed weights (scale 0.05), seeded: heavier tails than a normal's."""
+    u = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+    return -0.05 * u.sign() * torch.log1p(-2.0 * u.abs())
+
+
+def _palettized(weight: torch.Tensor, nbits: int) -> torch.Tensor:
+    """``weight`` through a per-tensor k-means look-up table (as Core ML palettizes)."""
+    flat = weight.flatten()
+    centroids = torch.quantile(flat, torch.linspace(0.0, 1.0, 2**nbits + 2)[1:-1])
+    for _ in range(30):  # Lloyd's iterations: each centroid becomes its cluster's mean
+        cluster = (flat[:, None] - centroids[None, :]).abs().argmin(dim=1)
+        for k in range(centroids.numel()):
+            if (cluster == k).any():
+                centroids[k] = flat[cluster == k].mean()
+    cluster = (flat[:, None] - centroids[None, :]).abs().argmin(dim=1)
+    return centroids[cluster].reshape(weight.shape)
+
+
+def test_a_scaled_weight_palettized_to_4_bits_is_found_and_unscaled():
+    # The demo's q projections: q * 0.25 folded into the weight, then a 4-bit LUT. The
+    # LUT's values are cluster means, so its least-squares factor comes out ~1 - error**2
+    # below the scale (0.9895 * 0.25 on text_encoder.layers.2), more than 1% off.
+    original = _heavy_tailed((64, 64), seed=0)
+    palettized = _palettized(original * 0.25, nbits=4)
+    fitted = float((palettized * original).sum() / (original * original).sum())
+    assert abs(fitted / 0.25 - 1.0) > 1e-2  # what the old, fixed 1% tolerance refused
+    weights = {
+        "op_395_weight_0_to_fp16_palettized": palettized.numpy(),
+        "other": _heavy_tailed((64, 64), seed=1).numpy(),
+    }
+    name, value, factor = coreml_module._match_by_value(
+        weights, list(weights), original, scales=(0.25,)
+    )
+    assert (name, factor) == ("op_395_weight_0_to_fp16_palettized", 0.25)
+    assert torch.allclose(value, palettized / 0.25)
+
+
+def test_a_palettized_weight_off_by_a_small_unexplained_factor_is_no_match():
+    original = _heavy_tailed((64, 64), seed=0)
+    weights = {"op_7_weight": (_palettized(original * 0.25, nbits=4) * 1.1).numpy()}
+    name, value, _ = coreml_module._match_by_value(weights, list(weights), original, (0.25,))
+    assert name is None and value is None
 
 
 def test_a_weight_off_by_an_unexplained_factor_is_no_match():

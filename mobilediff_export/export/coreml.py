@@ -881,6 +881,13 @@ MATCH_TOLERANCE = 0.25
 (|value - tensor| / |tensor|). Right matches differ by rounding or compression (fp16
 ~1e-3, int8 ~1e-2, a 4-bit look-up table ~0.1); unrelated tensors by about sqrt(2)."""
 
+FACTOR_TOLERANCE = 1e-2
+"""A value match's least-squares factor must be one of the attention scales (or 1) within
+this relative difference, or within twice the square of the match's relative error if that
+is more. Compression biases the factor by about that square: a palettized weight's values
+are its clusters' means, so the error is orthogonal to the value and the factor comes out
+1 - error**2 of the true one (a 4-bit look-up table: error ~0.09, factor ~0.99)."""
+
 
 def _match_by_value(
     weights: dict[str, np.ndarray],
@@ -893,7 +900,8 @@ def _match_by_value(
     A weight the converter scaled (an attention's ``q * head_dim**-0.5`` folded into the
     q projection by ``fuse_conv_scale``) is recognised by its least-squares factor being
     one of the module's own attention scales, and rebuilt divided by it. Any other factor
-    is no match: a weight off by an unexplained constant is an error, not a layout.
+    is no match: a weight off by an unexplained constant is an error, not a layout. How
+    near the factor must be allows for compression's bias (see ``FACTOR_TOLERANCE``).
     Consts the converter deduplicated may match several tensors, which is what they are.
     Returns (MIL name, value, factor) or (None, None, 1.0).
     """
@@ -907,10 +915,10 @@ def _match_by_value(
             continue
         fitted = float((laid_out * original).sum()) / norm
         factor = min((1.0, *scales), key=lambda s: abs(fitted / s - 1.0))
-        if abs(fitted / factor - 1.0) > 1e-2:
-            continue
         value = laid_out / factor if factor != 1.0 else laid_out
         error = math.sqrt(float(((value - original) ** 2).sum()) / norm)
+        if abs(fitted / factor - 1.0) > max(FACTOR_TOLERANCE, 2.0 * error * error):
+            continue
         if error < best[0]:
             best = (error, mil_name, value, factor)
     if best[0] <= MATCH_TOLERANCE:
