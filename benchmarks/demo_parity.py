@@ -114,6 +114,8 @@ def markdown(result: dict[str, Any]) -> str:
         verdict = "passed" if row["passed"] else "FAILED: " + "; ".join(row["failures"])
         if row["target"] == "coreml" and row["passed"]:
             verdict = "Linux checks passed; prediction needs macOS"
+        if row.get("rerun"):
+            verdict += f" (rerun {row['rerun']})"
         lines.append(
             f"| {row['target']} | {row['recipe']} | {' | '.join(cells)} | "
             f"{f'{image:.1f}' if image is not None else '–'} | {size:.1f} MiB | "
@@ -146,13 +148,21 @@ def main() -> int:
         for i, (target, recipe) in enumerate(pairs, 1):
             print(f"[{i}/{len(pairs)}] {target} {recipe}", file=sys.stderr, flush=True)
             rows.append(run_one(target, recipe, Path(work), args.threads))
-    result = {
-        "command": "python benchmarks/demo_parity.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "version": __version__,
-        "model": DEFAULT_MODEL,
-        "rows": rows,
-    }
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    command = "python benchmarks/demo_parity.py " + " ".join(sys.argv[1:])
+    result = {"command": command, "created": now, "version": __version__}
+    result.update(model=DEFAULT_MODEL, rows=rows)
+    previous = args.out / "demo_parity.json"
+    if (args.target or args.recipe) and previous.is_file():
+        # A partial run replaces its own rows in the recorded table and says so.
+        old = json.loads(previous.read_text())
+        redone = {(r["target"], r["recipe"]) for r in rows}
+        for row in rows:
+            row["rerun"] = f"{now} by `{command}`"
+        kept = [r for r in old["rows"] if (r["target"], r["recipe"]) not in redone]
+        order = {(r["target"], r["recipe"]): i for i, r in enumerate(old["rows"])}
+        merged = sorted(kept + rows, key=lambda r: order.get((r["target"], r["recipe"]), 999))
+        result = {**old, "rows": merged}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo_parity.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "demo_parity.md").write_text(markdown(result))
