@@ -16,6 +16,7 @@ from mobilediff_export.bundle import read_manifest, verify_bundle
 from mobilediff_export.checkpoints import load_model
 from mobilediff_export.errors import ConfigError, MobileDiffError
 from mobilediff_export.export import (
+    check_rewrites_fit_recipes,
     export_bundle,
     load_converter,
     parse_overrides,
@@ -248,6 +249,24 @@ def test_parse_rewrites():
 def test_parse_rewrites_refuses(spec, targets, message):
     with pytest.raises(ConfigError, match=message):
         parse_rewrites([spec], targets)
+
+
+def test_winograd_with_int8_weights_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="winograd is for float weights"):
+        export_bundle(
+            "tiny",
+            tmp_path / "b",
+            targets=["tflite"],
+            recipe="int8-dynamic",
+            rewrites=["winograd"],
+            progress=False,
+        )
+    assert not (tmp_path / "b").exists()
+    # The same switch with fp32 weights, and the default (by recipe) with int8, pass.
+    check_rewrites_fit_recipes(
+        plan_recipes(["tflite"], "fp32", {}), parse_rewrites(["winograd"], ["tflite"])
+    )
+    check_rewrites_fit_recipes(plan_recipes(["tflite"], "int8-dynamic", {}), {})
 
 
 def test_rewrites_reach_the_converters_with_the_manifest_timesteps(tmp_path, monkeypatch):

@@ -18,7 +18,9 @@ output's largest magnitude, issue 3's ``1e-4 of the output scale``)::
                                               the very input measured
 
 Conversions are the slow part (seconds each): each component is converted to fp32 once
-and the quantized recipes are applied to that file, as ``convert_tflite`` does itself.
+with the fp32 defaults (Winograd convs), and once with the defaults as int8 recipes get
+them (direct convs); the quantized recipes are applied to the latter, as
+``convert_tflite`` does itself.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mobilediff_export.errors import ConfigError
 from mobilediff_export.export import tflite_quantize
 from mobilediff_export.export.calibration import collect_calibration, synthetic_calibration
 from mobilediff_export.export.quantize import RECIPES, get_recipe
-from mobilediff_export.export.rewrite import RewriteOptions
+from mobilediff_export.export.rewrite import DEFAULT_REWRITES, RewriteOptions, winograd_for
 from mobilediff_export.export.signatures import component_io
 from mobilediff_export.export.tflite import (
     NamedSignature,
@@ -79,6 +81,21 @@ def fp32(tiny, tmp_path_factory):
         c: convert_tflite(tiny.modules[c], tiny.config, c, out / f"{c}.tflite", get_recipe("fp32"))
         for c in COMPONENTS
     }
+
+
+@pytest.fixture(scope="module")
+def float_graph(tiny, fp32, tmp_path_factory):
+    """What the int8 recipes quantize: the default rewrites as settled for int8 weights,
+    so the convs stay direct (Winograd is for fp32 weights); the text encoder has none."""
+    out = tmp_path_factory.mktemp("tflite-float-graph")
+    options = winograd_for(DEFAULT_REWRITES["tflite"], "int8")
+    graphs = {"text_encoder": fp32["text_encoder"]}
+    for c in ("unet", "vae_decoder"):
+        path = out / f"{c}.tflite"
+        graphs[c] = convert_tflite(
+            tiny.modules[c], tiny.config, c, path, get_recipe("fp32"), options
+        )
+    return graphs
 
 
 def run(path: Path, signature: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -131,8 +148,9 @@ def test_signature_names_are_the_specs(tiny, fp32, component):
             assert by_name[spec.name]["shape"] == spec.shape
             assert by_name[spec.name]["dtype"] == spec.dtype
     assert (artifact.target, artifact.recipe, artifact.precision) == ("tflite", "fp32", "fp32")
-    # The LiteRT defaults; the text encoder has no GroupNorm to decompose, no upsampler.
-    convs = [] if component == "text_encoder" else ["group_norm:decomposed", "phase_upsample"]
+    # The LiteRT defaults at fp32; the text encoder has no GroupNorm to decompose and no
+    # convs, and Winograd takes the upsamplers phase_upsample would otherwise.
+    convs = [] if component == "text_encoder" else ["group_norm:decomposed", "winograd"]
     assert artifact.rewrites == ["fuse_qkv", *convs]
     assert set(artifact.details["weight_dtypes"]) == {"float32"}
     assert Path(artifact.path).stat().st_size == artifact.details["bytes"]
@@ -141,15 +159,18 @@ def test_signature_names_are_the_specs(tiny, fp32, component):
 # --- recipes ------------------------------------------------------------------------
 
 
-def quantized(tmp_path, fp32, component, recipe_name, **kwargs) -> Path:
+def quantized(tmp_path, graphs, component, recipe_name, **kwargs) -> Path:
     dst = tmp_path / f"{component}-{recipe_name}.tflite"
-    tflite_quantize.quantize_tflite(fp32[component].path, dst, get_recipe(recipe_name), **kwargs)
+    tflite_quantize.quantize_tflite(graphs[component].path, dst, get_recipe(recipe_name), **kwargs)
     return dst
 
 
 @pytest.mark.parametrize("recipe", ["fp16", "int8-weight", "int8-dynamic"])
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_quantized_recipes_match_pytorch(tiny, calibration, fp32, tmp_path, recipe, component):
+def test_quantized_recipes_match_pytorch(
+    tiny, calibration, float_graph, tmp_path, recipe, component
+):
+    fp32 = float_graph
     path = quantized(tmp_path, fp32, component, recipe)
     inputs, ref = held_out(tiny, calibration, component)
     error = rel_l2(run(path, component, inputs), ref)
@@ -160,7 +181,10 @@ def test_quantized_recipes_match_pytorch(tiny, calibration, fp32, tmp_path, reci
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_w8a8_full_integer_with_real_calibration(tiny, calibration, fp32, tmp_path, component):
+def test_w8a8_full_integer_with_real_calibration(
+    tiny, calibration, float_graph, tmp_path, component
+):
+    fp32 = float_graph
     io = component_io(tiny.config, component, "tflite")
     names = [s.name for s in io.inputs]
     feeds = [dict(zip(names, s, strict=True)) for s in calibration.for_component(component)[:-1]]
@@ -194,7 +218,8 @@ def test_w8a8_full_integer_with_real_calibration(tiny, calibration, fp32, tmp_pa
     assert all(dtypes[op.scope] == "float32" for op in kept)  # one output each: scope = name
 
 
-def test_timestep_path_is_found_from_the_graph(fp32):
+def test_timestep_path_is_found_from_the_graph(float_graph):
+    fp32 = float_graph
     """From the timestep input to each block's time bias; nothing that also sees the sample."""
     kept = tflite_quantize.full_integer_float_ops(fp32["unet"].path, "unet")
     types = {op.op for op in kept}
@@ -222,7 +247,8 @@ def test_w8a8_artifact_lists_every_float_op(tiny, calibration, tmp_path):
     assert all(op["scope"] for op in kept)
 
 
-def test_w8a8_without_calibration_is_a_clear_error(fp32, tmp_path):
+def test_w8a8_without_calibration_is_a_clear_error(float_graph, tmp_path):
+    fp32 = float_graph
     with pytest.raises(tflite_quantize.QuantizationError, match="calibration"):
         quantized(tmp_path, fp32, "vae_decoder", "w8a8")
 

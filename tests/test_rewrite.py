@@ -30,8 +30,10 @@ from mobilediff_export.export.rewrite import (
     PhaseUpsample,
     RewriteOptions,
     WinogradConv2d,
+    WinogradUpsample,
     apply_rewrites,
     rewritten_io,
+    winograd_for,
 )
 from mobilediff_export.export.signatures import exportable
 from mobilediff_export.models import layers
@@ -201,10 +203,13 @@ def test_names_in_order_and_only_what_applied(tiny, variant):
         "attention:split_heads",
         "group_norm:decomposed",
         "gelu_tanh",
-        "phase_upsample",
         "winograd",
         "fold_timesteps",
-    ]
+    ]  # winograd took the upsamplers: nothing left for phase_upsample
+    _, applied = apply_rewrites(
+        variant[1]["unet"], "unet", RewriteOptions(phase_upsample=True, winograd=False)
+    )
+    assert applied == ["phase_upsample"]
     # The tiny model's GLU is Swish: nothing for gelu_tanh to do.
     _, applied = apply_rewrites(tiny.modules["unet"], "unet", RewriteOptions(gelu_tanh=True))
     assert applied == []
@@ -270,8 +275,42 @@ def test_winograd_takes_only_wide_same_padded_3x3_convs(tiny):
             and m.groups == 1
             and min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS
         )
+        parent = name.rpartition(".")[0]
+        if isinstance(unet.get_submodule(parent), layers.Upsample):
+            assert isinstance(swapped[parent], WinogradUpsample), parent  # whole upsampler
+            continue
         assert isinstance(swapped[name], WinogradConv2d) == wanted, name
     assert not isinstance(swapped["conv_in"], WinogradConv2d)  # 4 input channels
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 32, 8, 6), (1, 48, 1, 1)])
+def test_winograd_upsample_is_the_upsampler(shape):
+    """Any size (one output tile per input pixel), every phase and border of the 2x map."""
+    torch.manual_seed(0)
+    up = layers.Upsample(shape[1]).eval()
+    x = torch.randn(*shape)
+    wino = WinogradUpsample(up)
+    with torch.no_grad():
+        expected, out = up(x), wino(x)
+    assert out.shape == expected.shape == (shape[0], shape[1], 2 * shape[2], 2 * shape[3])
+    assert (out - expected).abs().max() <= CLOSE * expected.abs().max()
+    # 9 GEMMs (products) per output tile, against the phase form's 16 taps.
+    assert wino.transformed.shape == (9, shape[1], shape[1])
+
+
+def test_winograd_for_settles_the_default_by_weights():
+    auto = DEFAULT_REWRITES["tflite"]
+    assert auto.winograd is None
+    assert winograd_for(auto, "fp32").winograd is True
+    for weights in ("fp16", "int8"):
+        assert winograd_for(auto, weights).winograd is False
+    assert winograd_for(replace(auto, winograd=True), "fp16").winograd is True
+    assert winograd_for(replace(auto, winograd=False), "fp32").winograd is False
+    with pytest.raises(ConfigError, match="winograd is for float weights"):
+        winograd_for(replace(auto, winograd=True), "int8")
+    # Unsettled, apply_rewrites leaves the convs alone.
+    _, applied = apply_rewrites(layers.Upsample(32), "unet", RewriteOptions(winograd=None))
+    assert applied == []
 
 
 def test_original_untouched_and_weights_shared(tiny):

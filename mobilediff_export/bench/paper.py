@@ -21,6 +21,7 @@ without converting again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -176,14 +177,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def converter_stamp(spec: dict[str, Any]) -> str:
-    """What a cached conversion was made with: the spec, the tool's version and the
-    default rewrites and recipes, so a converter change is never measured from a stale file."""
+    """What a cached conversion was made with: the spec, the tool's version, the default
+    rewrites and recipes, and a digest of the code that builds and converts the networks
+    (``models/`` and ``export/``), so a converter change, a rewrite's new form included,
+    is never measured from a stale file."""
     from .. import __version__
     from ..export.quantize import DEFAULT_RECIPES
     from ..export.rewrite import DEFAULT_REWRITES
 
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for source in sorted([*package.glob("models/*.py"), *package.glob("export/*.py")]):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(source.read_bytes())
     return json.dumps(
-        [spec, __version__, repr(DEFAULT_REWRITES), repr(DEFAULT_RECIPES)], sort_keys=True
+        [spec, __version__, repr(DEFAULT_REWRITES), repr(DEFAULT_RECIPES), digest.hexdigest()],
+        sort_keys=True,
     )
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TARGETS",
     "ConversionError",
+    "check_rewrites_fit_recipes",
     "export_bundle",
     "load_converter",
     "parse_overrides",
@@ -254,6 +255,20 @@ def rewrite_options(target: Target, changes: dict[str, Any], timesteps: Iterable
     return options
 
 
+def check_rewrites_fit_recipes(
+    plan: dict[tuple[Target, Component], Recipe], changes: dict[Target, dict[str, Any]]
+) -> None:
+    """Refuse, before any work, a rewrite a component's recipe cannot take (see
+    ``rewrite.winograd_for``: Winograd with int8 weights)."""
+    from .rewrite import winograd_for
+
+    for (target, _component), recipe in plan.items():
+        # The timestep list only fills fold_timesteps, which no recipe constrains.
+        options = rewrite_options(target, changes.get(target, {}), (0.0,))
+        if options is not None:
+            winograd_for(options, recipe.weights)
+
+
 def load_converter(target: Target) -> Converter:
     """``convert_<target>`` from ``export/<target>.py``, imported now, with a clear error."""
     module_name = f"{__name__}.{target}"
@@ -306,6 +321,7 @@ def export_bundle(
     chosen_targets = parse_targets(targets)
     plan = plan_recipes(chosen_targets, recipe, parse_overrides(overrides))
     rewrite_changes = parse_rewrites(rewrites, chosen_targets)
+    check_rewrites_fit_recipes(plan, rewrite_changes)
     out = Path(out)
     if out.exists() and not force:
         raise MobileDiffError(f"{out} already exists; pass --force to replace it")

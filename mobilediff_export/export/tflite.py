@@ -49,7 +49,13 @@ from . import tflite_quantize
 from .artifacts import Component, ComponentArtifact, TensorSpec
 from .calibration import Calibration, synthetic_calibration
 from .quantize import Recipe
-from .rewrite import DEFAULT_REWRITES, RewriteOptions, apply_rewrites, rewritten_io
+from .rewrite import (
+    DEFAULT_REWRITES,
+    RewriteOptions,
+    apply_rewrites,
+    rewritten_io,
+    winograd_for,
+)
 from .signatures import exportable
 
 __all__ = ["convert_tflite", "read_signature", "weight_dtypes"]
@@ -90,7 +96,8 @@ def convert_tflite(
 ) -> ComponentArtifact:
     """Convert one component to ``out_path`` with ``recipe``; the manifest's facts come back.
 
-    ``rewrites`` defaults to ``DEFAULT_REWRITES["tflite"]``. ``calibration`` (see
+    ``rewrites`` defaults to ``DEFAULT_REWRITES["tflite"]`` (Winograd then on for fp32
+    weights only, see ``rewrite.winograd_for``). ``calibration`` (see
     ``calibration.collect_calibration``) feeds ``w8a8`` and ``mixed``; without it they
     calibrate on synthetic inputs and say so in ``details["calibration"]``. The output
     appears complete or not at all.
@@ -101,6 +108,7 @@ def convert_tflite(
             f"{', '.join(sorted(recipe.targets))})"
         )
     options = DEFAULT_REWRITES["tflite"] if rewrites is None else rewrites
+    options = winograd_for(options, recipe.weights)
     import litert_torch  # noqa: F401  (before rewriting: SDPA composites need its ops)
 
     out_path = Path(out_path)
