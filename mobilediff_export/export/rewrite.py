@@ -57,7 +57,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..models import layers
 from ..models.text_encoder import CLIPMLP, CLIPAttention, CLIPTextEncoder, quick_gelu
-from ..models.unet import UNet
+from ..models.unet import UNet, denoise_from_temb
 from .artifacts import Component, Target, TensorSpec
 from .signatures import ComponentIO, component_io
 
@@ -838,8 +838,8 @@ class FoldedTimestepUNet(nn.Module):
     """A UNet whose time embedding is a table over a fixed timestep list.
 
     ``forward(sample [B,C,H,W], step_index [B] int32, context [B,S,D])``:
-    ``temb = table[step_index]`` replaces sinusoid -> time MLP -> SiLU; the rest of the
-    network is the UNet's own (same skip bookkeeping as ``UNet.forward``).
+    ``temb = table[step_index]`` replaces sinusoid -> time MLP -> SiLU; the rest is the
+    UNet's own ``denoise_from_temb`` on the same children.
     """
 
     def __init__(self, unet: UNet, timesteps: tuple[float, ...]) -> None:
@@ -863,17 +863,7 @@ class FoldedTimestepUNet(nn.Module):
     def forward(self, sample: Tensor, step_index: Tensor, context: Tensor) -> Tensor:
         temb = torch.index_select(self.temb_table, 0, step_index.reshape(-1))
         temb = temb.expand(sample.shape[0], -1).to(sample.dtype)
-        h = self.conv_in(sample)
-        skip_groups: list[list[Tensor]] = []
-        for level in self.down_levels:
-            level_input = h
-            outputs, h = level(h, temb, context)
-            skip_groups.append([level_input, *outputs])
-        if self.mid is not None:
-            h = self.mid(h, temb, context)
-        for level, skip_group in zip(self.up_levels, reversed(skip_groups), strict=True):
-            h = level(h, temb, context, skip_group)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return denoise_from_temb(self, sample, temb, context)
 
 
 # --- the passes -----------------------------------------------------------------------

@@ -303,18 +303,27 @@ class UNet(nn.Module):
             t, config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift
         )
         temb = F.silu(self.time_embedding(features.to(sample.dtype)))
+        return denoise_from_temb(self, sample, temb, context)
 
-        h = self.conv_in(sample)
-        skip_groups: list[list[Tensor]] = []
-        for level in self.down_levels:
-            level_input = h
-            outputs, h = level(h, temb, context)
-            skip_groups.append([level_input, *outputs])
 
-        if self.mid is not None:
-            h = self.mid(h, temb, context)
+def denoise_from_temb(net: nn.Module, sample: Tensor, temb: Tensor, context: Tensor) -> Tensor:
+    """Everything of ``UNet.forward`` after the time embedding ``temb`` ([B, D], after the
+    SiLU): conv_in, the down levels with their skips, mid, the up levels, the output head.
 
-        for level, skip_group in zip(self.up_levels, reversed(skip_groups), strict=True):
-            h = level(h, temb, context, skip_group)
+    ``net`` is a ``UNet`` or a rewrite of one that holds the same children under the same
+    names (``rewrite.FoldedTimestepUNet``, whose embedding is a table lookup).
+    """
+    h = net.conv_in(sample)
+    skip_groups: list[list[Tensor]] = []
+    for level in net.down_levels:
+        level_input = h
+        outputs, h = level(h, temb, context)
+        skip_groups.append([level_input, *outputs])
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+    if net.mid is not None:
+        h = net.mid(h, temb, context)
+
+    for level, skip_group in zip(net.up_levels, reversed(skip_groups), strict=True):
+        h = level(h, temb, context, skip_group)
+
+    return net.conv_out(F.silu(net.norm_out(h)))
