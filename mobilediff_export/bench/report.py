@@ -166,17 +166,34 @@ def pipeline_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def stage_chart(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Horizontal stacked bars of each pipeline's stages; False when matplotlib is missing."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when it is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return None
+    return plt
+
+
+def _save_png(plt: Any, fig: Any, path: Path) -> None:
+    """The figure as a PNG at ``path``, written atomically; the figure is closed."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def stage_chart(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Horizontal stacked bars of each pipeline's stages; False when matplotlib is missing."""
+    plt = _pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
+    if plt is None or not ok:
         return False
     labels = [f"{r['bundle']} · {r['backend']} · {r['steps']} step(s)" for r in ok]
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(ok)))
@@ -198,13 +215,7 @@ def stage_chart(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
         bbox_to_anchor=(0.5, -0.35 if len(ok) < 3 else -0.12),
         frameon=False,
     )
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save_png(plt, fig, path)
     return True
 
 
@@ -444,15 +455,9 @@ def paper_markdown(result: dict[str, Any], charts: dict[str, str]) -> str:
 
 
 def peers_chart(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    plt = _pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
+    if plt is None or not ok:
         return False
     fig, ax = plt.subplots(figsize=(9, 0.9 + 0.45 * len(ok)))
     values = [r["step_ms"]["median"] for r in ok]
@@ -466,13 +471,7 @@ def peers_chart(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     ax.set_xlim(0, max(values) * 1.45)
     ax.set_xlabel("median milliseconds per UNet step")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save_png(plt, fig, path)
     return True
 
 
