@@ -37,7 +37,7 @@ from mobilediff_export.errors import ConfigError
 from mobilediff_export.export import tflite_quantize
 from mobilediff_export.export.calibration import collect_calibration, synthetic_calibration
 from mobilediff_export.export.quantize import RECIPES, get_recipe
-from mobilediff_export.export.rewrite import DEFAULT_REWRITES, RewriteOptions, winograd_for
+from mobilediff_export.export.rewrite import DEFAULT_REWRITES, RewriteOptions, settle_for_weights
 from mobilediff_export.export.signatures import component_io
 from mobilediff_export.export.tflite import (
     NamedSignature,
@@ -88,7 +88,7 @@ def float_graph(tiny, fp32, tmp_path_factory):
     """What the int8 recipes quantize: the default rewrites as settled for int8 weights,
     so the convs stay direct (Winograd is for fp32 weights); the text encoder has none."""
     out = tmp_path_factory.mktemp("tflite-float-graph")
-    options = winograd_for(DEFAULT_REWRITES["tflite"], "int8")
+    options = settle_for_weights(DEFAULT_REWRITES["tflite"], "int8")
     graphs = {"text_encoder": fp32["text_encoder"]}
     for c in ("unet", "vae_decoder"):
         path = out / f"{c}.tflite"

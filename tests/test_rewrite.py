@@ -26,14 +26,17 @@ from mobilediff_export.checkpoints import build_modules, load_model
 from mobilediff_export.errors import ConfigError
 from mobilediff_export.export.rewrite import (
     DEFAULT_REWRITES,
+    SPLIT_LINEAR_BLOCK,
+    SPLIT_LINEAR_MIN_BYTES,
     WINOGRAD_MIN_CHANNELS,
     PhaseUpsample,
     RewriteOptions,
+    SplitLinear,
     WinogradConv2d,
     WinogradUpsample,
     apply_rewrites,
     rewritten_io,
-    winograd_for,
+    settle_for_weights,
 )
 from mobilediff_export.export.signatures import exportable
 from mobilediff_export.models import layers
@@ -298,16 +301,51 @@ def test_winograd_upsample_is_the_upsampler(shape):
     assert wino.transformed.shape == (9, shape[1], shape[1])
 
 
-def test_winograd_for_settles_the_default_by_weights():
+def test_split_linear_is_the_linear_bit_for_bit():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = torch.nn.Linear(96, 1100, bias=bias).eval()
+        split = SplitLinear(linear, block=512)
+        assert [w.shape[0] for w in split.weights] == [512, 512, 76]
+        # Views of the original weight, not copies.
+        assert split.weights[1].data_ptr() == linear.weight[512:].data_ptr()
+        x = torch.randn(2, 7, 96)
+        with torch.no_grad():
+            assert torch.equal(split(x), linear(x))
+
+
+def test_split_linear_takes_only_large_layers():
+    big_in = SPLIT_LINEAR_MIN_BYTES // (4 * 1024) + 1  # just past the size, 1024 outputs
+    net = torch.nn.Sequential(
+        torch.nn.Linear(big_in, 1024),
+        torch.nn.Linear(1024, 1024),  # 4 MiB: below the size
+        torch.nn.Linear(1024, SPLIT_LINEAR_BLOCK),  # one block: nothing to split
+    )
+    rewritten, applied = apply_rewrites(net, "unet", RewriteOptions(split_linear=True))
+    assert applied == ["split_linear"]
+    kinds = [type(m).__name__ for m in rewritten]
+    assert kinds == ["SplitLinear", "Linear", "Linear"]
+    x = torch.randn(3, big_in)
+    with torch.no_grad():
+        assert torch.equal(rewritten(x), net(x))
+    _, applied = apply_rewrites(net, "unet", RewriteOptions(split_linear=None))
+    assert applied == []
+
+
+def test_settle_for_weights_settles_the_default_by_weights():
     auto = DEFAULT_REWRITES["tflite"]
-    assert auto.winograd is None
-    assert winograd_for(auto, "fp32").winograd is True
+    assert auto.winograd is None and auto.split_linear is None
+    fp32 = settle_for_weights(auto, "fp32")
+    assert fp32.winograd is True and fp32.split_linear is True
     for weights in ("fp16", "int8"):
-        assert winograd_for(auto, weights).winograd is False
-    assert winograd_for(replace(auto, winograd=True), "fp16").winograd is True
-    assert winograd_for(replace(auto, winograd=False), "fp32").winograd is False
+        settled = settle_for_weights(auto, weights)
+        assert settled.winograd is False and settled.split_linear is False
+    # Splitting is exact for every recipe: asked for, it stays on with int8 weights.
+    assert settle_for_weights(replace(auto, split_linear=True), "int8").split_linear is True
+    assert settle_for_weights(replace(auto, winograd=True), "fp16").winograd is True
+    assert settle_for_weights(replace(auto, winograd=False), "fp32").winograd is False
     with pytest.raises(ConfigError, match="winograd is for float weights"):
-        winograd_for(replace(auto, winograd=True), "int8")
+        settle_for_weights(replace(auto, winograd=True), "int8")
     # Unsettled, apply_rewrites leaves the convs alone.
     _, applied = apply_rewrites(layers.Upsample(32), "unet", RewriteOptions(winograd=None))
     assert applied == []

@@ -61,6 +61,7 @@ class PaperSettings:
         "attention_sdpa",
         "phase_upsample",
         "winograd",
+        "split_linear",
         "fold_timesteps",
         "default",
     )
@@ -315,6 +316,7 @@ _REWRITES: dict[str, dict[str, Any]] = {
     "linear_as_conv": {"linear_as_conv": True},
     "phase_upsample": {"phase_upsample": True},
     "winograd": {"winograd": True},
+    "split_linear": {"split_linear": True},
     "fold_timesteps": {"fold_timesteps": [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]},
     "default": None,  # DEFAULT_REWRITES["tflite"]
 }

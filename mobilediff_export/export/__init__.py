@@ -174,6 +174,7 @@ _REWRITE_SWITCHES = (
     "linear_as_conv",
     "phase_upsample",
     "winograd",
+    "split_linear",
     "fold_timesteps",
 )
 _REWRITE_CHOICES = {"attention": ("default", "split_heads", "sdpa"),
@@ -188,11 +189,11 @@ def parse_rewrites(
     """``--rewrite [TARGET:]NAME[=VALUE]`` strings -> per-target changes to the defaults.
 
     NAME is a ``rewrite.RewriteOptions`` field: the switches ``fuse_qkv``, ``gelu_tanh``,
-    ``linear_as_conv``, ``phase_upsample``, ``winograd``, ``fold_timesteps`` (VALUE on/off,
-    default on), or ``attention`` (default, split_heads, sdpa) and ``group_norm`` (default,
-    decomposed); ``none`` starts from no rewrites instead of the target's defaults. Without
-    TARGET a rewrite applies to every mobile target being exported. Checked here, before any
-    work.
+    ``linear_as_conv``, ``phase_upsample``, ``winograd``, ``split_linear``,
+    ``fold_timesteps`` (VALUE on/off, default on), or ``attention`` (default, split_heads,
+    sdpa) and ``group_norm`` (default, decomposed); ``none`` starts from no rewrites
+    instead of the target's defaults. Without TARGET a rewrite applies to every mobile
+    target being exported. Checked here, before any work.
     """
     targets = tuple(targets)
     mobile = [t for t in targets if t in MOBILE_TARGETS]
@@ -259,14 +260,14 @@ def check_rewrites_fit_recipes(
     plan: dict[tuple[Target, Component], Recipe], changes: dict[Target, dict[str, Any]]
 ) -> None:
     """Refuse, before any work, a rewrite a component's recipe cannot take (see
-    ``rewrite.winograd_for``: Winograd with int8 weights)."""
-    from .rewrite import winograd_for
+    ``rewrite.settle_for_weights``: Winograd with int8 weights)."""
+    from .rewrite import settle_for_weights
 
     for (target, _component), recipe in plan.items():
         # The timestep list only fills fold_timesteps, which no recipe constrains.
         options = rewrite_options(target, changes.get(target, {}), (0.0,))
         if options is not None:
-            winograd_for(options, recipe.weights)
+            settle_for_weights(options, recipe.weights)
 
 
 def load_converter(target: Target) -> Converter:

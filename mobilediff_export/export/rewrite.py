@@ -27,6 +27,10 @@ the math (exactly, or within float rounding; the tests measure each one)::
                        the transformed input, 4 MACs per output pixel    2.25x fewer MACs; on
                        instead of 9; upsamplers as 9 GEMMs at the input   by default for fp32
                        resolution (takes them before phase_upsample)     weights
+    split_linear     linear layers with weights past 4.5 MiB as blocks  CPU (XNNPACK), fp32:
+                       of 512 output features, concatenated (the same    blocks stay in L2;
+                       math, bit for bit)                                on by default for
+                                                                         fp32 weights
     fold_timesteps   the time embedding of each timestep of a fixed     one gather instead of
                        list is precomputed; the UNet takes the int32     sin/cos + an MLP
                        step index instead of the timestep
@@ -78,7 +82,9 @@ class RewriteOptions:
     linear_as_conv: bool = False
     phase_upsample: bool = False
     winograd: bool | None = False
-    """None: the converter decides by recipe (``winograd_for``): on for fp32 weights."""
+    """None: the converter decides by recipe (``settle_for_weights``): on for fp32 weights."""
+    split_linear: bool | None = False
+    """Large linear layers as 512-feature column blocks; None: as ``winograd``."""
     fold_timesteps: tuple[float, ...] | None = None
     """The manifest's timestep list; the UNet then takes an int32 index into it."""
 
@@ -116,8 +122,15 @@ DEFAULT_REWRITES: dict[str, RewriteOptions] = {
     # 3x3 convs, 2.25 instead of 4 in the upsamplers), as GEMMs XNNPACK runs well; int8
     # recipes keep the direct convs (transformed weights quantize worse) and fp16, the
     # GPU delegate's recipe, keeps the convs the delegate runs natively.
+    # XNNPACK's GEMM sweeps all of a layer's weights for every 7 rows of input, so a
+    # weight past the L2 cache is read from L3 again and again: the large fp32 linear
+    # layers run 10-25% faster as 512-feature column blocks (split_linear, same math).
     "tflite": RewriteOptions(
-        fuse_qkv=True, group_norm="decomposed", phase_upsample=True, winograd=None
+        fuse_qkv=True,
+        group_norm="decomposed",
+        phase_upsample=True,
+        winograd=None,
+        split_linear=None,
     ),
     # The Neural Engine: channels-first transformers and per-head attention (Apple's
     # ml-stable-diffusion layout).
@@ -127,16 +140,21 @@ DEFAULT_REWRITES: dict[str, RewriteOptions] = {
 }
 
 
-def winograd_for(options: RewriteOptions, weights: str) -> RewriteOptions:
-    """``options`` with ``winograd`` settled for a recipe whose weights are ``weights``.
+def settle_for_weights(options: RewriteOptions, weights: str) -> RewriteOptions:
+    """``options`` with the by-recipe rewrites settled for a recipe whose weights are
+    ``weights``: ``winograd`` and ``split_linear`` None (the LiteRT defaults) become on
+    for fp32 weights and off otherwise.
 
-    None (the LiteRT default) becomes on for fp32 weights and off otherwise. An explicit
-    request with int8 weights is refused: the transformed kernels G g G^T mix each
-    filter's taps, so their int8 ranges grow and the accuracy of every recipe's figure
-    would no longer be the recipe's.
+    An explicit ``winograd`` with int8 weights is refused: the transformed kernels
+    G g G^T mix each filter's taps, so their int8 ranges grow and the accuracy of every
+    recipe's figure would no longer be the recipe's. ``split_linear`` is exact for every
+    recipe (per-channel quantization sees the same rows), so it is never refused.
     """
+    fp32 = weights == "fp32"
     if options.winograd is None:
-        return replace(options, winograd=weights == "fp32")
+        options = replace(options, winograd=fp32)
+    if options.split_linear is None:
+        options = replace(options, split_linear=fp32)
     if options.winograd and weights not in ("fp32", "fp16"):
         raise ConfigError(
             f"rewrite winograd is for float weights; this recipe's weights are {weights} "
@@ -831,6 +849,40 @@ def _interleave_nhwc(phases: list[tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack(rows, 2).flatten(1, 2).permute(0, 3, 1, 2)
 
 
+#: A linear layer is split when its fp32 weight is past this size: measured at 2 threads,
+#: 640x1920 (4.7 MiB) and larger ran 11-27% faster split, 1024x1024 (4 MiB) 16% slower.
+SPLIT_LINEAR_MIN_BYTES = int(4.5 * 2**20)
+#: Output features per block: 512 beat 256 and 1024 on every shape measured.
+SPLIT_LINEAR_BLOCK = 512
+
+
+class SplitLinear(nn.Module):
+    """``nn.Linear`` as blocks of ``SPLIT_LINEAR_BLOCK`` output features, concatenated.
+
+    Each output is computed exactly as before (same dot product, same order), so the
+    result is bit-identical; what changes is the shape of the GEMMs the converter emits.
+    XNNPACK's fp32 GEMM walks the whole weight for every 7 rows of input; a block's
+    weight stays in L2 across those walks where the whole layer's does not (256 tokens,
+    1024 -> 6144: 12.4 ms as one layer, 10.0 ms as 12 blocks with the concatenation).
+    The blocks are views of the original weight (no copy).
+    """
+
+    def __init__(self, linear: nn.Linear, block: int = SPLIT_LINEAR_BLOCK) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(_frozen(w) for w in linear.weight.split(block))
+        self.biases = (
+            None
+            if linear.bias is None
+            else nn.ParameterList(_frozen(b) for b in linear.bias.split(block))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        biases = self.biases if self.biases is not None else [None] * len(self.weights)
+        return torch.cat(
+            [F.linear(x, w, b) for w, b in zip(self.weights, biases, strict=True)], dim=-1
+        )
+
+
 # --- folded timesteps -----------------------------------------------------------------
 
 
@@ -948,6 +1000,17 @@ def _winograd_pass(root: nn.Module) -> int:
     return _replace_children(root, swap)
 
 
+def _split_linear_pass(root: nn.Module) -> int:
+    def swap(m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, nn.Linear) or m.out_features <= SPLIT_LINEAR_BLOCK:
+            return None
+        if 4 * m.in_features * m.out_features < SPLIT_LINEAR_MIN_BYTES:
+            return None
+        return SplitLinear(m)
+
+    return _replace_children(root, swap)
+
+
 def _gelu_tanh_pass(root: nn.Module) -> int:
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, layers.GLUFeedForward) and m.activation == "gelu":
@@ -976,8 +1039,9 @@ def apply_rewrites(
     component (``fold_timesteps`` on the decoder, ``gelu_tanh`` on a Swish GLU) is skipped
     and not listed. Names, in application order: ``linear_as_conv``, ``fuse_qkv``,
     ``attention:split_heads`` / ``attention:sdpa``, ``group_norm:decomposed``,
-    ``gelu_tanh``, ``winograd``, ``phase_upsample``, ``fold_timesteps``. ``winograd``
-    None (the converter's "by recipe", see ``winograd_for``) counts as off here.
+    ``gelu_tanh``, ``winograd``, ``phase_upsample``, ``split_linear``, ``fold_timesteps``.
+    ``winograd`` or ``split_linear`` None (the converter's "by recipe", see
+    ``settle_for_weights``) counts as off here.
     """
     if not isinstance(options, RewriteOptions):
         raise ConfigError(f"rewrite options must be RewriteOptions, got {type(options).__name__}")
@@ -1004,6 +1068,8 @@ def apply_rewrites(
         applied.append("winograd")
     if options.phase_upsample and _phase_upsample_pass(holder):
         applied.append("phase_upsample")
+    if options.split_linear and _split_linear_pass(holder):
+        applied.append("split_linear")
     if options.fold_timesteps is not None and component == "unet":
         unet = holder["root"]
         if not isinstance(unet, UNet):
@@ -1050,10 +1116,11 @@ __all__ = [
     "FoldedTimestepUNet",
     "PhaseUpsample",
     "RewriteOptions",
+    "SplitLinear",
     "WinogradConv2d",
     "WinogradUpsample",
     "apply_rewrites",
     "rewritten_io",
-    "winograd_for",
+    "settle_for_weights",
     "with_timesteps",
 ]

@@ -54,7 +54,7 @@ from .rewrite import (
     RewriteOptions,
     apply_rewrites,
     rewritten_io,
-    winograd_for,
+    settle_for_weights,
 )
 from .signatures import exportable
 
@@ -97,7 +97,7 @@ def convert_tflite(
     """Convert one component to ``out_path`` with ``recipe``; the manifest's facts come back.
 
     ``rewrites`` defaults to ``DEFAULT_REWRITES["tflite"]`` (Winograd then on for fp32
-    weights only, see ``rewrite.winograd_for``). ``calibration`` (see
+    weights only, see ``rewrite.settle_for_weights``). ``calibration`` (see
     ``calibration.collect_calibration``) feeds ``w8a8`` and ``mixed``; without it they
     calibrate on synthetic inputs and say so in ``details["calibration"]``. The output
     appears complete or not at all.
@@ -108,7 +108,7 @@ def convert_tflite(
             f"{', '.join(sorted(recipe.targets))})"
         )
     options = DEFAULT_REWRITES["tflite"] if rewrites is None else rewrites
-    options = winograd_for(options, recipe.weights)
+    options = settle_for_weights(options, recipe.weights)
     import litert_torch  # noqa: F401  (before rewriting: SDPA composites need its ops)
 
     out_path = Path(out_path)
