@@ -741,6 +741,19 @@ def _winograd_taps(t: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
 
+#: F(2, 3)'s kernel transform G (4x3): rows of the transformed 3-tap filter.
+_F23_G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _winograd_kernels(weight: Tensor, G: Tensor) -> nn.Parameter:
+    """The transformed kernels G g G^T of a 3x3 conv weight [C_out, C_in, 3, 3], one
+    [C_out, C_in] matrix per product (a, b), row-major: [len(G)**2, C_out, C_in]."""
+    g = weight.detach()
+    G = G.to(g.dtype)
+    u = torch.einsum("ak,oikl,bl->aboi", G, g, G)
+    return _frozen(u.reshape(-1, *u.shape[2:]).contiguous())
+
+
 class WinogradConv2d(nn.Module):
     """A 3x3, stride-1, same-padded conv as Winograd F(2x2, 3x3) (Lavin & Gray, 2015).
 
@@ -767,12 +780,9 @@ class WinogradConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        g = conv.weight.detach()
-        G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=g.dtype)
-        u = torch.einsum("ak,oikl,bl->aboi", G, g, G)  # [4, 4, C_out, C_in]
         self.weight = conv.weight  # the original, for odd sizes
         self.bias = conv.bias
-        self.transformed = _frozen(u.reshape(16, *u.shape[2:]).contiguous())
+        self.transformed = _winograd_kernels(conv.weight, _F23_G)  # [16, C_out, C_in]
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
@@ -816,13 +826,9 @@ class WinogradUpsample(nn.Module):
 
     def __init__(self, up: layers.Upsample) -> None:
         super().__init__()
-        conv = up.conv
-        g = conv.weight.detach()
-        G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=g.dtype)
-        G = G[[0, 1, 3]] * torch.tensor([1.0, 2.0, 1.0], dtype=g.dtype)[:, None]  # terms 0 1 3
-        u = torch.einsum("ak,oikl,bl->aboi", G, g, G)  # [3, 3, C_out, C_in]
-        self.bias = conv.bias
-        self.transformed = _frozen(u.reshape(9, *u.shape[2:]).contiguous())
+        G = _F23_G[[0, 1, 3]] * torch.tensor([1.0, 2.0, 1.0])[:, None]  # terms 0 1 3
+        self.bias = up.conv.bias
+        self.transformed = _winograd_kernels(up.conv.weight, G)  # [9, C_out, C_in]
 
     def forward(self, x: Tensor) -> Tensor:
         rows = _upsample_taps(F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1)), 1)

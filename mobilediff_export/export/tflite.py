@@ -97,10 +97,10 @@ def convert_tflite(
     """Convert one component to ``out_path`` with ``recipe``; the manifest's facts come back.
 
     ``rewrites`` defaults to ``DEFAULT_REWRITES["tflite"]`` (Winograd and split linear
-    layers then on for fp32 weights only, see ``rewrite.settle_for_weights``). ``calibration`` (see
-    ``calibration.collect_calibration``) feeds ``w8a8`` and ``mixed``; without it they
-    calibrate on synthetic inputs and say so in ``details["calibration"]``. The output
-    appears complete or not at all.
+    layers then on for fp32 weights only, see ``rewrite.settle_for_weights``).
+    ``calibration`` (see ``calibration.collect_calibration``) feeds ``w8a8`` and ``mixed``;
+    without it they calibrate on synthetic inputs and say so in ``details["calibration"]``.
+    The output appears complete or not at all.
     """
     if "tflite" not in recipe.targets:
         raise ConfigError(
