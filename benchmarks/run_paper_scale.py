@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         help="UNet for the rewrite/recipe ratios (ours:CONFIG)",
     )
     parser.add_argument("--recipes", default="fp32,fp16,int8-weight,int8-dynamic,w8a8")
+    parser.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=5,
+        help="alternating rounds of the speed-target UNets (LiteRT, LiteRT fp32, ONNX Runtime), "
+        "the ratios' source; 0: read the targets off the single measurements",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
     parser.add_argument(
         "--lock",
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the whole path at toy size (tiny model, shrunken peer): minutes",
     )
     args = parser.parse_args(argv)
+    if args.paired_rounds < 0:
+        parser.error("--paired-rounds must be 0 or more")
 
     load = load_average()
     if load and load[0] > 1.5:
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         notes=args.note,
         lock=args.lock,
         convert_only=args.convert_only,
+        paired_rounds=args.paired_rounds,
     )
     if args.smoke:
         settings.paper_model = "tiny"
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.rewrite_variants = ("none", "default")
         settings.recipes = ("fp32", "int8-dynamic")
         settings.iterations = 2
+        settings.paired_rounds = min(settings.paired_rounds, 2)
         settings.notes.append("SMOKE RUN at toy size: these numbers say nothing about speed")
     command = shlex.join(["python", "benchmarks/run_paper_scale.py", *(argv or sys.argv[1:])])
 

@@ -150,3 +150,103 @@ def test_bench_demo_bundle_writes_json_markdown_and_chart(demo_bundle, tmp_path,
     assert "## End to end" in report and "stages.png" in report
     assert (out / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "end to end" in capsys.readouterr().out
+
+
+def test_speed_targets_come_from_alternating_paired_rounds(tmp_path):
+    """Every round measures all three UNets, in alternating order; the targets read the
+    median of the per-round ratios, so a slow stretch of the machine (round 2 here, where
+    everything runs 1.5x slower) moves the times but not the verdict."""
+    from mobilediff_export.bench.paper import PaperSettings, paired_unet_rounds, speed_targets
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    unet = {"file": "x", "inputs": [], "outputs": []}
+    (bundle / "bundle.json").write_text(
+        json.dumps({"components": {"tflite": {"unet": unet}, "onnx": {"unet": unet}}})
+    )
+    base = {"litert": 400.0, "litert_fp32": 990.0, "onnxruntime": 1000.0}
+    calls: list[tuple[str, str]] = []
+
+    class FakeVariants:
+        def _call(self, function, **spec):
+            key = (
+                "onnxruntime"
+                if spec["runner"] == "onnx"
+                else ("litert_fp32" if spec["work"] == str(tmp_path / "work") else "litert")
+            )
+            calls.append((key, spec["work"]))
+            slow = 1.5 if len({c for c, _ in calls}) == 3 and len(calls) in (4, 5, 6) else 1.0
+            ms = base[key] * slow
+            return {"status": "ok", "step_ms": {"median": ms}, "samples_ms": [ms, ms]}
+
+    settings = PaperSettings(work=tmp_path / "work", threads=2, paired_rounds=3)
+    paired = paired_unet_rounds(settings, FakeVariants(), bundle, unet, lambda m: None)
+    orders = [r["order"] for r in paired["rounds"]]
+    assert orders[0] == ["litert", "litert_fp32", "onnxruntime"] and orders[1] == orders[0][::-1]
+    assert [k for k, _ in calls] == orders[0] + orders[1] + orders[2]
+    assert paired["rounds"][1]["step_ms"]["onnxruntime"] == 1500.0  # the slow round
+    assert paired["over_onnxruntime"]["litert_fp32"] == {
+        "median": 0.99,
+        "min": 0.99,
+        "max": 0.99,
+        "n": 3,
+    }
+    targets = speed_targets({"components": []}, None, paired)
+    assert targets["method"] == "paired" and targets["fp32_met"] and targets["int8_met"]
+    assert targets["fp32_over_ort"] == 0.99 and targets["int8_over_ort"] == 0.4
+    assert targets["fp32_over_ort_range"] == [0.99, 0.99]
+
+    # A contestant that fails is reported, not counted; no fp32 entry: no fp32 contestant.
+    class Failing(FakeVariants):
+        def _call(self, function, **spec):
+            if spec["runner"] == "onnx":
+                return {"status": "error", "error": "boom"}
+            return super()._call(function, **spec)
+
+    calls.clear()
+    failed = paired_unet_rounds(settings, Failing(), bundle, None, lambda m: None)
+    assert failed["status"] == "error" and failed["errors"] == {"onnxruntime": "boom"}
+    assert "litert_fp32" not in failed["step_ms"]
+    assert speed_targets({"components": []}, None, failed)["int8_met"] is None
+
+
+def test_paper_markdown_shows_the_paired_rounds():
+    paired = {
+        "method": "2 alternating rounds",
+        "rounds": [
+            {
+                "order": ["litert_fp32", "onnxruntime"],
+                "step_ms": {"litert_fp32": 990.0, "onnxruntime": 1000.0},
+                "over_onnxruntime": {"litert_fp32": 0.99},
+            },
+            {
+                "order": ["onnxruntime", "litert_fp32"],
+                "step_ms": {"litert_fp32": 1050.0, "onnxruntime": 1000.0},
+                "over_onnxruntime": {"litert_fp32": 1.05},
+            },
+        ],
+        "step_ms": {"litert_fp32": {"median": 1020.0}, "onnxruntime": {"median": 1000.0}},
+        "over_onnxruntime": {"litert_fp32": {"median": 1.02, "min": 0.99, "max": 1.05, "n": 2}},
+        "errors": {},
+    }
+    from mobilediff_export.bench.paper import speed_targets
+
+    targets = speed_targets({"components": []}, None, paired)
+    assert targets["fp32_met"] is False and targets["int8_met"] is None
+    result = {
+        "schema_version": 1,
+        "kind": "paper_scale",
+        "created": "now",
+        "status": "complete",
+        "command": "c",
+        "matmul_peak": None,
+        "peers": {},
+        "rewrites": {},
+        "host": {"cpu_model": "cpu", "cpu_count": 2, "threads": 2, "load_average_start": None},
+        "paper": {"paired": paired},
+        "speed_targets": targets,
+    }
+    assert result_problems(result) == []
+    text = paper_markdown(result, {})
+    assert "**1.02x**, rounds 0.99-1.05x (target at most 1.0x: not met)" in text
+    assert "| 2 | onnxruntime, litert_fp32 | 1,050 | 1,000 | 1.05x |" in text

@@ -12,7 +12,9 @@
   with those weights, our converter and recipe); each as a ratio to ours;
 * ``rewrites``: each mobile rewrite alone (fp32) and each LiteRT recipe (default
   rewrites) on our UNet, as a ratio to no rewrite / fp32;
-* ``speed_targets``: issue "Export"'s targets, read off the numbers above.
+* ``speed_targets``: issue "Export"'s targets. Each is a ratio of two UNet step times, so
+  both are measured in alternating rounds (``paired_unet_rounds``): a drift in the shared
+  machine's speed between two separate measurements would otherwise land in the ratio.
 
 Every conversion and measurement is its own process (see ``peers``); conversions are
 cached in the work folder by name, so a rerun after an interruption measures again
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from typing import Any
 
 from .host import HostSettings, bench_host, run_worker
 from .hostinfo import host_facts, load_average, utc_now
+from .stats import summarize
 
 PEERS = "mobilediff_export.bench.peers"
 
@@ -70,6 +74,9 @@ class PaperSettings:
     """Export and bench the paper-size bundle (off: peers and rewrites only)."""
     paper_fp32_litert: bool = True
     """Also convert the paper UNet to LiteRT fp32 (issue Export's fp32 speed target)."""
+    paired_rounds: int = 5
+    """Alternating rounds of the speed-target UNets (``paired_unet_rounds``); 0: none.
+    Odd, so the median ratio is one round's ratio."""
     timeout_s: float = 3600.0
     lock: str | None = None
     """Lock file each conversion and measurement holds (``host.heavy_lock``)."""
@@ -375,16 +382,135 @@ def run_rewrites(variants: _Variants) -> dict[str, Any]:
     }
 
 
-def speed_targets(paper: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
-    """Issue "Export": LiteRT int8 UNet step <= 0.4x ORT fp32; LiteRT fp32 <= ORT fp32."""
-    rows = {(r["backend"], r["component"]): r for r in paper.get("components", [])}
-    litert = (rows.get(("litert", "unet")) or {}).get("warm_ms", {}).get("median")
-    ort = (rows.get(("onnxruntime", "unet")) or {}).get("warm_ms", {}).get("median")
-    fp32 = _median(extra) if extra else None
-    int8_ratio, fp32_ratio = _ratio(litert, ort), _ratio(fp32, ort)
+#: The speed targets' contestants, as (key, runner): the bundle's LiteRT UNet (its recipe,
+#: int8-dynamic by default), the same UNet converted to LiteRT fp32, and the bundle's ONNX
+#: UNet on ONNX Runtime, the reference both are divided by.
+PAIRED: tuple[tuple[str, str], ...] = (
+    ("litert", "litert"),
+    ("litert_fp32", "litert"),
+    ("onnxruntime", "onnx"),
+)
+
+
+def paired_unet_rounds(
+    settings: PaperSettings,
+    variants: _Variants,
+    bundle: Path,
+    fp32_entry: dict[str, Any] | None,
+    log: Log,
+) -> dict[str, Any]:
+    """The speed targets' UNets measured in alternating rounds on the same inputs.
+
+    Round r runs every contestant once, each in its own worker (load, first run, warmup,
+    ``iterations`` timed steps), in the order of ``PAIRED`` on even rounds and reversed on
+    odd ones, so a slow stretch of the shared machine falls on both sides of a ratio. Each
+    round gives a ratio per contestant (its median step over ONNX Runtime's in that
+    round); the targets read the median of those ratios, and the spread is kept with it.
+    """
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    where: dict[str, tuple[Path, dict[str, Any] | None]] = {
+        "litert": (bundle, manifest["components"].get("tflite", {}).get("unet")),
+        "litert_fp32": (settings.work, fp32_entry),
+        "onnxruntime": (bundle, manifest["components"].get("onnx", {}).get("unet")),
+    }
+    present = [(key, runner) for key, runner in PAIRED if where[key][1] is not None]
+    rounds: list[dict[str, Any]] = []
+    samples: dict[str, list[float]] = {key: [] for key, _ in present}
+    errors: dict[str, str] = {}
+    for index in range(settings.paired_rounds):
+        order = present if index % 2 == 0 else present[::-1]
+        medians: dict[str, float | None] = {}
+        for key, runner in order:
+            work, entry = where[key]
+            log(f"paired round {index + 1}/{settings.paired_rounds}: {key}")
+            measured = variants._call(
+                "measure_variant",
+                work=str(work),
+                source=f"ours:{settings.paper_model}",
+                runner=runner,
+                entry=entry,
+                warmup=settings.warmup,
+                iterations=settings.iterations,
+            )
+            if measured.get("status") != "ok":
+                errors[key] = str(measured.get("error"))
+                medians[key] = None
+                continue
+            medians[key] = measured["step_ms"]["median"]
+            samples[key].extend(measured["samples_ms"])
+        reference = medians.get("onnxruntime")
+        rounds.append(
+            {
+                "order": [key for key, _ in order],
+                "step_ms": medians,
+                "over_onnxruntime": {
+                    key: _ratio(medians.get(key), reference)
+                    for key, _ in present
+                    if key != "onnxruntime"
+                },
+            }
+        )
+    ratios: dict[str, dict[str, Any]] = {}
+    for key, _ in present:
+        if key == "onnxruntime":
+            continue
+        values = [r["over_onnxruntime"][key] for r in rounds]
+        values = [v for v in values if v is not None]
+        ratios[key] = {
+            "median": round(statistics.median(values), 3) if values else None,
+            "min": min(values, default=None),
+            "max": max(values, default=None),
+            "n": len(values),
+        }
     return {
+        "method": (
+            f"{settings.paired_rounds} alternating rounds, each contestant in its own worker "
+            f"per round ({settings.warmup} warmup + {settings.iterations} timed steps); "
+            "ratio per round = median step over ONNX Runtime's median in that round"
+        ),
+        "rounds": rounds,
+        "step_ms": {key: summarize(values) for key, values in samples.items()},
+        "over_onnxruntime": ratios,
+        "errors": errors,
+        "status": "ok" if not errors and rounds else "error",
+    }
+
+
+def speed_targets(
+    paper: dict[str, Any], extra: dict[str, Any] | None, paired: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Issue "Export": LiteRT int8 UNet step <= 0.4x ORT fp32; LiteRT fp32 <= ORT fp32.
+
+    From the paired rounds when there are any (the median of the per-round ratios, with
+    their range); otherwise from the one measurement of each in the host run.
+    """
+    rows = {(r["backend"], r["component"]): r for r in paper.get("components", [])}
+    precision = (rows.get(("litert", "unet")) or {}).get("precision")
+    if paired and paired.get("rounds"):
+        steps, over = paired["step_ms"], paired["over_onnxruntime"]
+
+        def ms(key: str) -> float | None:
+            return (steps.get(key) or {}).get("median")
+
+        litert, ort, fp32 = ms("litert"), ms("onnxruntime"), ms("litert_fp32")
+        int8_ratio = (over.get("litert") or {}).get("median")
+        fp32_ratio = (over.get("litert_fp32") or {}).get("median")
+        ranges = {
+            "int8_over_ort_range": _range(over.get("litert")),
+            "fp32_over_ort_range": _range(over.get("litert_fp32")),
+        }
+        method = "paired"
+    else:
+        litert = (rows.get(("litert", "unet")) or {}).get("warm_ms", {}).get("median")
+        ort = (rows.get(("onnxruntime", "unet")) or {}).get("warm_ms", {}).get("median")
+        fp32 = _median(extra) if extra else None
+        int8_ratio, fp32_ratio = _ratio(litert, ort), _ratio(fp32, ort)
+        ranges = {}
+        method = "single"
+    return {
+        "method": method,
         "litert_unet_ms": litert,
-        "litert_unet_precision": (rows.get(("litert", "unet")) or {}).get("precision"),
+        "litert_unet_precision": precision,
         "onnxruntime_fp32_unet_ms": ort,
         "litert_fp32_unet_ms": fp32,
         "int8_over_ort": int8_ratio,
@@ -393,7 +519,14 @@ def speed_targets(paper: dict[str, Any], extra: dict[str, Any] | None) -> dict[s
         "fp32_over_ort": fp32_ratio,
         "fp32_target": 1.0,
         "fp32_met": None if fp32_ratio is None else fp32_ratio <= 1.0,
+        **ranges,
     }
+
+
+def _range(ratio: dict[str, Any] | None) -> list[float] | None:
+    if not ratio or ratio.get("min") is None:
+        return None
+    return [ratio["min"], ratio["max"]]
 
 
 # ---------------------------------------------------------------------------- all
@@ -431,7 +564,14 @@ def _paper_part(
             recipe="fp32",
         )
         result["paper"]["litert_fp32_unet"] = extra
-    result["speed_targets"] = speed_targets(result["paper"], extra)
+    paired = None
+    if settings.paired_rounds > 0:
+        fp32_entry = None
+        if extra and extra.get("status") == "ok":
+            fp32_entry = variants.cache[f"{settings.paper_model}-unet-litert-fp32"]["entry"]
+        paired = paired_unet_rounds(settings, variants, bundle, fp32_entry, log)
+        result["paper"]["paired"] = paired
+    result["speed_targets"] = speed_targets(result["paper"], extra, paired)
 
 
 def run_paper_scale(

@@ -327,6 +327,60 @@ def _ratio_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def _speed_target_lines(targets: dict[str, Any], paired: dict[str, Any] | None) -> list[str]:
+    """Issue "Export"'s two targets, and the paired rounds they were read from."""
+
+    def spread(key: str) -> str:
+        bounds = targets.get(key)
+        return f", rounds {bounds[0]:.2f}-{bounds[1]:.2f}x" if bounds else ""
+
+    how = (
+        "median of the per-round ratios of the paired rounds below"
+        if targets.get("method") == "paired"
+        else "one measurement of each, at different times"
+    )
+    lines = [
+        '### Issue "Export" speed targets (UNet step, same model, this run)',
+        "",
+        f"Ratios: {how}.",
+        "",
+        f"- LiteRT {targets.get('litert_unet_precision')} UNet "
+        f"{_ms(targets['litert_unet_ms'])} ms vs ONNX Runtime fp32 "
+        f"{_ms(targets['onnxruntime_fp32_unet_ms'])} ms: "
+        f"**{_ratio_text(targets['int8_over_ort'])}**{spread('int8_over_ort_range')} "
+        f"(target at most 0.4x: {_verdict(targets['int8_met'])})",
+        f"- LiteRT fp32 UNet {_ms(targets['litert_fp32_unet_ms'])} ms vs ONNX Runtime fp32: "
+        f"**{_ratio_text(targets['fp32_over_ort'])}**{spread('fp32_over_ort_range')} "
+        f"(target at most 1.0x: {_verdict(targets['fp32_met'])})",
+    ]
+    if not paired or not paired.get("rounds"):
+        return lines
+    keys = list(paired["step_ms"])
+    lines += [
+        "",
+        f"Paired rounds: {paired['method']}.",
+        "",
+        "| round | order | "
+        + " | ".join(f"{k} ms" for k in keys)
+        + " | "
+        + " | ".join(f"{k} / onnxruntime" for k in keys if k != "onnxruntime")
+        + " |",
+        "|" + "---|" * (2 + len(keys) + len(keys) - 1),
+    ]
+    for index, r in enumerate(paired["rounds"], 1):
+        lines.append(
+            f"| {index} | {', '.join(r['order'])} | "
+            + " | ".join(_ms(r["step_ms"].get(k)) for k in keys)
+            + " | "
+            + " | ".join(
+                _ratio_text(r["over_onnxruntime"].get(k)) for k in keys if k != "onnxruntime"
+            )
+            + " |"
+        )
+    lines.extend(f"- {key} failed: {error}" for key, error in paired.get("errors", {}).items())
+    return lines
+
+
 def _variant_rows(rows: list[dict[str, Any]], ratio_keys: tuple[str, ...]) -> list[str]:
     out = []
     for r in rows:
@@ -395,19 +449,7 @@ def paper_markdown(result: dict[str, Any], charts: dict[str, str]) -> str:
             lines += ["", f"![paper-scale stages]({charts['stages']})"]
     targets = result.get("speed_targets")
     if targets:
-        lines += [
-            "",
-            '### Issue "Export" speed targets (UNet step, same model, this run)',
-            "",
-            f"- LiteRT {targets.get('litert_unet_precision')} UNet "
-            f"{_ms(targets['litert_unet_ms'])} ms vs ONNX Runtime fp32 "
-            f"{_ms(targets['onnxruntime_fp32_unet_ms'])} ms: "
-            f"**{_ratio_text(targets['int8_over_ort'])}** (target at most 0.4x: "
-            f"{_verdict(targets['int8_met'])})",
-            f"- LiteRT fp32 UNet {_ms(targets['litert_fp32_unet_ms'])} ms vs ONNX Runtime fp32: "
-            f"**{_ratio_text(targets['fp32_over_ort'])}** (target at most 1.0x: "
-            f"{_verdict(targets['fp32_met'])})",
-        ]
+        lines += ["", *_speed_target_lines(targets, paper.get("paired"))]
     peers = result.get("peers") or {}
     if peers.get("rows"):
         lines += [
