@@ -48,7 +48,7 @@ from mobilediff_export.export.tflite import (
 from mobilediff_export.pipeline import Pipeline
 
 pytest.importorskip("litert_torch")
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 REL_L2 = {"fp16": 2e-3, "int8-weight": 3e-2, "int8-dynamic": 6e-2, "mixed": 3e-2, "w8a8": 0.5}
@@ -132,6 +132,23 @@ def test_fp32_matches_pytorch(tiny, calibration, fp32, component):
     out = run(artifact.path, artifact.signature, inputs)
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_every_fully_connected_has_a_constant_weight(fp32, component):
+    """XNNPACK takes a FULLY_CONNECTED only with a constant weight; one whose weight is a
+    computed tensor (what litert-torch makes of a single-head q @ k^T) runs outside the
+    delegate, in TFLite's own slow kernels, and splits the graph in two."""
+    interpreter = Interpreter(
+        model_path=str(fp32[component].path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    ops = interpreter._get_ops_details()
+    produced = {out for op in ops for out in op["outputs"]}
+    fully_connected = [op for op in ops if op["op_name"] == "FULLY_CONNECTED"]
+    assert fully_connected
+    computed = [op["index"] for op in fully_connected if op["inputs"][1] in produced]
+    assert computed == [], f"FULLY_CONNECTED ops with a computed weight: {computed}"
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -351,6 +351,45 @@ def test_settle_for_weights_settles_the_default_by_weights():
     assert applied == []
 
 
+@pytest.mark.parametrize("length", [64, 63])
+@pytest.mark.parametrize("activation", ["softmax", "relu"])
+def test_single_head_attention_in_query_halves_is_the_attention(length, activation):
+    """One head at batch 1 runs as two halves of the queries (so LiteRT keeps both
+    products as BATCH_MATMULs); odd lengths keep the plain form. Masks follow the rows."""
+    from mobilediff_export.export.rewrite import MobileAttention
+
+    torch.manual_seed(0)
+    dim = 32
+    q, k, v, out = (torch.nn.Linear(dim, dim) for _ in range(4))
+    mask = torch.triu(torch.full((length, length), -1e4), 1)
+    x = torch.randn(1, length, dim)
+    for masked in (None, mask):
+        with torch.no_grad():
+            scores = q(x) * dim**-0.5 @ k(x).transpose(1, 2)
+            if masked is not None:
+                scores = scores + masked
+            weights = (
+                torch.softmax(scores, -1) if activation == "softmax" else scores.relu() / length
+            )
+            reference = out(weights @ v(x))
+            for fuse in (False, True):
+                attention = MobileAttention(
+                    q=q,
+                    k=k,
+                    v=v,
+                    out=out,
+                    heads=1,
+                    scale=dim**-0.5,
+                    activation=activation,
+                    kind="self",
+                    form="default",
+                    fuse=fuse,
+                    layout="tokens",
+                )
+                got = attention(x, mask=masked)
+                assert (got - reference).abs().max() <= CLOSE * reference.abs().max()
+
+
 def test_original_untouched_and_weights_shared(tiny):
     unet = tiny.modules["unet"]
     before = {n: p.clone() for n, p in unet.state_dict().items()}
