@@ -156,7 +156,12 @@ def test_speed_targets_come_from_alternating_paired_rounds(tmp_path):
     """Every round measures all three UNets, in alternating order; the targets read the
     median of the per-round ratios, so a slow stretch of the machine (round 2 here, where
     everything runs 1.5x slower) moves the times but not the verdict."""
-    from mobilediff_export.bench.paper import PaperSettings, paired_unet_rounds, speed_targets
+    from mobilediff_export.bench.paper import (
+        PaperSettings,
+        _Variants,
+        paired_unet_rounds,
+        speed_targets,
+    )
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -167,7 +172,7 @@ def test_speed_targets_come_from_alternating_paired_rounds(tmp_path):
     base = {"litert": 400.0, "litert_fp32": 990.0, "onnxruntime": 1000.0}
     calls: list[tuple[str, str]] = []
 
-    class FakeVariants:
+    class FakeVariants(_Variants):
         def _call(self, function, **spec):
             key = (
                 "onnxruntime"
@@ -180,7 +185,8 @@ def test_speed_targets_come_from_alternating_paired_rounds(tmp_path):
             return {"status": "ok", "step_ms": {"median": ms}, "samples_ms": [ms, ms]}
 
     settings = PaperSettings(work=tmp_path / "work", threads=2, paired_rounds=3)
-    paired = paired_unet_rounds(settings, FakeVariants(), bundle, unet, lambda m: None)
+    quiet = lambda message: None  # noqa: E731
+    paired = paired_unet_rounds(settings, FakeVariants(settings, quiet), bundle, unet, quiet)
     orders = [r["order"] for r in paired["rounds"]]
     assert orders[0] == ["litert", "litert_fp32", "onnxruntime"] and orders[1] == orders[0][::-1]
     assert [k for k, _ in calls] == orders[0] + orders[1] + orders[2]
@@ -204,7 +210,7 @@ def test_speed_targets_come_from_alternating_paired_rounds(tmp_path):
             return super()._call(function, **spec)
 
     calls.clear()
-    failed = paired_unet_rounds(settings, Failing(), bundle, None, lambda m: None)
+    failed = paired_unet_rounds(settings, Failing(settings, quiet), bundle, None, quiet)
     assert failed["status"] == "error" and failed["errors"] == {"onnxruntime": "boom"}
     assert "litert_fp32" not in failed["step_ms"]
     assert speed_targets({"components": []}, None, failed)["int8_met"] is None

@@ -153,16 +153,23 @@ class _Variants:
             row.update(status="skipped", error="conversion only")
             return row
         self.log(f"measure {name}")
-        measured = self._call(
+        row.update(self.step_times(source, runner, entry))
+        return row
+
+    def step_times(
+        self, source: str, runner: str, entry: dict[str, Any] | None, work: Path | None = None
+    ) -> dict[str, Any]:
+        """``peers.measure_variant`` in a worker: the entry's file is found in ``work``
+        (default: the settings' work folder)."""
+        return self._call(
             "measure_variant",
+            work=str(work or self.s.work),
             source=source,
             runner=runner,
             entry=entry,
             warmup=self.s.warmup,
             iterations=self.s.iterations,
         )
-        row.update(measured)
-        return row
 
 
 def _step_input_text(settings: PaperSettings) -> str:
@@ -423,15 +430,7 @@ def paired_unet_rounds(
         for key, runner in order:
             work, entry = where[key]
             log(f"paired round {index + 1}/{settings.paired_rounds}: {key}")
-            measured = variants._call(
-                "measure_variant",
-                work=str(work),
-                source=f"ours:{settings.paper_model}",
-                runner=runner,
-                entry=entry,
-                warmup=settings.warmup,
-                iterations=settings.iterations,
-            )
+            measured = variants.step_times(f"ours:{settings.paper_model}", runner, entry, work)
             if measured.get("status") != "ok":
                 errors[key] = str(measured.get("error"))
                 medians[key] = None
